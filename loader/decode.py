@@ -1,0 +1,183 @@
+"""Decode: frames of one clip, a video file (decord) or a folder of images (Pillow).
+
+A `VideoReader` is opened per call and let go at return: decord readers are
+not thread-safe, so none is ever shared between threads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import decord
+import numpy as np
+from natsort import natsorted
+from PIL import Image
+
+# FFmpeg's own messages would repeat, unattributed, what DecodeError reports per clip.
+decord.logging.set_level(decord.logging.QUIET)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+DECODE_DEVICES = ("cpu", "gpu")
+
+
+SKIP_KINDS = ("missing", "empty", "no_video", "unreadable", "truncated", "decode_failed")  # metric label values
+
+
+class DecodeError(RuntimeError):
+    """A clip that cannot be decoded: its path, a short reason, and a `kind`
+    from SKIP_KINDS (bounded, so it can label a metric)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, kind: str = "unreadable"):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.kind = str(path), reason, kind
+
+
+def _context(device: str):
+    if device not in DECODE_DEVICES:
+        raise ValueError(f"decode device must be one of {DECODE_DEVICES}, got {device!r}")
+    return decord.gpu(0) if device == "gpu" else decord.cpu(0)
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a frame folder, in natural order (frame2 before frame10)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return natsorted(files, key=lambda p: p.name)
+
+
+def _open_video(path: str, size: tuple[int, int] | None, device: str) -> decord.VideoReader:
+    height, width = size if size else (-1, -1)
+    try:
+        # num_threads=1: parallelism comes from the loader's workers, one clip each.
+        return decord.VideoReader(path, ctx=_context(device), width=width, height=height, num_threads=1)
+    except (decord.DECORDError, RuntimeError) as exc:
+        message = _short(exc)
+        if "video stream" in message:
+            raise DecodeError(path, "no video stream (audio-only?)", "no_video") from exc
+        if message.startswith("Error reading"):
+            raise DecodeError(path, "not a readable video (invalid data or unknown format)") from exc
+        raise DecodeError(path, message) from exc
+
+
+_CPP_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def _short(exc: BaseException) -> str:
+    """decord's messages carry C++ source locations and stack traces; keep the message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Stack")]
+    return _CPP_LOCATION.sub("", lines[0] if lines else type(exc).__name__)[:300]
+
+
+def count_frames(path: str | os.PathLike, check_last: bool = True) -> int:
+    """Frame count of a clip; with `check_last`, also decode the last frame so a
+    truncated file fails here (at probe time) rather than mid-epoch."""
+    path = str(path)
+    if os.path.isdir(path):
+        files = frame_files(path)
+        if not files:
+            raise DecodeError(path, "frame folder holds no images", "empty")
+        if check_last:
+            _read_image(files[-1], None)
+        return len(files)
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "empty file", "empty")
+    reader = _open_video(path, None, "cpu")
+    n = len(reader)
+    if n < 1:
+        raise DecodeError(path, "no video frames", "empty")
+    if check_last:
+        try:
+            reader[n - 1].asnumpy()
+        except (decord.DECORDError, RuntimeError, IndexError) as exc:
+            raise DecodeError(path, f"last frame {n - 1} unreadable ({_short(exc)})", "truncated") from exc
+    return n
+
+
+def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
+    try:
+        with Image.open(file) as img:
+            img = img.convert("RGB")
+            if size and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(img)
+    except (OSError, ValueError) as exc:
+        raise DecodeError(file, f"unreadable image ({exc})") from exc
+
+
+def decode_clip(
+    path: str | os.PathLike,
+    sample: Callable[[int], np.ndarray],
+    size: tuple[int, int] | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Frames `sample(num_frames)` of a clip as uint8 [T, H, W, 3], resized to
+    `size`=(h, w) at decode. The clip is opened once: its length comes from the
+    open reader, so no separate count is needed."""
+    path = str(path)
+    if os.path.isdir(path):
+        files = frame_files(path)
+        if not files:
+            raise DecodeError(path, "frame folder holds no images")
+        unique, inverse = _unique(sample(len(files)))
+        frames = np.stack([_read_image(files[i], size) for i in unique])
+    else:
+        frames, inverse = _decode_video(path, sample, size, device)
+    return frames[inverse]
+
+
+# Output sizes decord's own resize gets wrong (it returns 4-channel frames for some
+# small widths, dmlc/decord#336). Those decode at native size and resize in Pillow.
+# Threads may add to it concurrently: set.add is atomic, and a race costs one retry.
+_DECORD_RESIZE_BROKEN: set[tuple[int, int]] = set()
+
+
+def _decode_video(path: str, sample, size: tuple[int, int] | None, device: str):
+    size = tuple(size) if size else None
+    native = size is None or size in _DECORD_RESIZE_BROKEN
+    reader = _open_video(path, None if native else size, device)
+    unique, inverse = _unique(sample(len(reader)))
+    try:
+        frames = reader.get_batch(unique.tolist()).asnumpy()
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        if not native and "size must exactly match" in str(exc):
+            _DECORD_RESIZE_BROKEN.add(size)
+            return _decode_video(path, lambda n: unique, size, device)[0], inverse
+        raise DecodeError(path, _short(exc)) from exc
+    finally:
+        del reader
+    if size and frames.shape[1:3] != size:
+        frames = np.stack([np.asarray(Image.fromarray(f).resize(size[::-1], Image.BILINEAR)) for f in frames])
+    return frames, inverse
+
+
+def decode_frames(path: str | os.PathLike, indices, size: tuple[int, int] | None = None,
+                  device: str = "cpu") -> np.ndarray:
+    """Frames at fixed `indices`; an index past the clip's end is a DecodeError."""
+    indices = np.asarray(indices, dtype=np.int64)
+
+    def fixed(num_frames: int) -> np.ndarray:
+        if indices.max() >= num_frames:
+            raise DecodeError(path, f"frame {indices.max()} requested, clip has {num_frames}")
+        return indices
+
+    return decode_clip(path, fixed, size, device)
+
+
+def _unique(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each frame once even when sampling repeats it."""
+    return np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+
+
+def check_decode_device(device: str, sample_path: str | os.PathLike) -> None:
+    """Fail at start, not mid-epoch, when `device` cannot decode (e.g. decord without CUDA)."""
+    if device == "cpu" or os.path.isdir(sample_path):
+        return
+    try:
+        decode_frames(sample_path, np.zeros(1, np.int64), None, device)
+    except (DecodeError, ValueError) as exc:
+        raise RuntimeError(
+            f"decode device {device!r} is not usable: decord {decord.__version__} could not decode "
+            f"{sample_path} on the GPU ({exc}); it needs decord built with CUDA/NVDEC"
+        ) from exc

@@ -1,0 +1,109 @@
+"""The built-in demo dataset: synthetic gesture clips, encoded as real video files.
+
+Five classes differ only in motion over time (a hand-like blob swipes left or
+right, moves up or down, or holds still), on varied cluttered backgrounds, at
+varied sizes and lengths. Start positions are drawn so that any single frame
+is ambiguous: a model has to use time. Everything is seeded: the same seed
+writes the same frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+DEMO_CLASSES = ("move_down", "move_up", "stop", "swipe_left", "swipe_right")
+# (dx, dy) direction of travel per class.
+_DIRECTIONS = {
+    "move_down": (0, 1), "move_up": (0, -1), "stop": (0, 0),
+    "swipe_left": (-1, 0), "swipe_right": (1, 0),
+}
+_SIZES = ((96, 128), (96, 160), (120, 160), (112, 112), (72, 96))  # (h, w), even for yuv420p
+_MARKER = "demo.json"
+
+
+def render_clip(label: str, rng: np.random.Generator) -> np.ndarray:
+    """Frames uint8 [T, H, W, 3] of one clip of class `label`."""
+    h, w = _SIZES[rng.integers(len(_SIZES))]
+    t = int(rng.integers(20, 41))
+    background = _background(h, w, rng)
+    radius = rng.uniform(0.12, 0.2) * min(h, w)
+    xs, ys = _trajectory(label, t, h, w, radius, rng)
+    colour = np.array([rng.uniform(170, 240), rng.uniform(120, 180), rng.uniform(90, 150)])
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((xx[None] - xs[:, None, None]) ** 2 + (yy[None] - ys[:, None, None]) ** 2) <= radius**2
+    frames = np.where(inside[..., None], colour, background[None])
+    frames = frames + rng.normal(0, 5, frames.shape)
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    a, b = rng.uniform(0, 255, (2, 3))
+    ramp = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
+    bg = np.broadcast_to(a + (b - a) * ramp, (h, w, 3)).copy()
+    for _ in range(int(rng.integers(2, 6))):  # static clutter
+        y0, x0 = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        bg[y0 : y0 + rng.integers(6, h // 2), x0 : x0 + rng.integers(6, w // 2)] = rng.uniform(0, 255, 3)
+    return bg
+
+
+def _trajectory(label: str, t: int, h: int, w: int, r: float, rng: np.random.Generator):
+    """Centre positions per frame; the move fills a random middle part of the clip."""
+    dx, dy = _DIRECTIONS[label]
+    lo_x, hi_x, lo_y, hi_y = r, w - r, r, h - r
+    dist = rng.uniform(0.35, 0.6) * ((hi_x - lo_x) if dx else (hi_y - lo_y))
+    x0 = rng.uniform(lo_x + (dist if dx < 0 else 0), hi_x - (dist if dx > 0 else 0))
+    y0 = rng.uniform(lo_y + (dist if dy < 0 else 0), hi_y - (dist if dy > 0 else 0))
+    begin, end = rng.uniform(0, 0.25) * t, rng.uniform(0.75, 1.0) * t
+    progress = np.clip((np.arange(t) - begin) / max(end - begin, 1), 0, 1)
+    progress = 0.5 - 0.5 * np.cos(np.pi * progress)  # ease in and out
+    jitter = rng.normal(0, 0.6, (2, t))
+    return x0 + dx * dist * progress + jitter[0], y0 + dy * dist * progress + jitter[1]
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", options: dict | None = None) -> None:
+    """Encode uint8 [T, H, W, 3] frames to `path` (container from the suffix)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        stream.options = options or {}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def make_demo_dataset(root: str | os.PathLike, train_per_class: int = 40, val_per_class: int = 12,
+                      seed: int = 0) -> Path:
+    """Write `root/{train,val}/<class>/*.mp4` once; reuse it when already complete.
+
+    Written into a temporary sibling then renamed, so a killed run never leaves
+    a half-written dataset that a later run would take for complete.
+    """
+    root = Path(root)
+    params = {"train": train_per_class, "val": val_per_class, "seed": seed, "version": 1}
+    marker = root / _MARKER
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for label in DEMO_CLASSES:
+            (tmp / split / label).mkdir(parents=True)
+            for k in range(per_class):
+                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", render_clip(label, rng))
+    (tmp / _MARKER).write_text(json.dumps(params))
+    if root.exists():
+        shutil.rmtree(root)
+    os.replace(tmp, root)
+    return root

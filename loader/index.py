@@ -1,0 +1,182 @@
+"""Index: which clips exist and which class each belongs to; the up-front probe.
+
+`find_videos` and `read_manifest` list (path, label) items. `probe` opens every
+clip once, in parallel, before training: unreadable, empty, audio-only or
+truncated files are excluded there with their reason instead of being
+discovered mid-epoch. Probe results are cached by (path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from loader.decode import DecodeError, count_frames
+
+Item = tuple[str, int]  # (path, label index)
+
+
+class ManifestError(ValueError):
+    """A manifest row that cannot be used; names the file and line."""
+
+    def __init__(self, manifest: str | os.PathLike, line: int, message: str):
+        super().__init__(f"{manifest}, line {line}: {message}")
+        self.manifest, self.line = str(manifest), line
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A clip left out of training, and why."""
+
+    path: str
+    reason: str
+    kind: str  # one of loader.decode.SKIP_KINDS
+
+
+def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
+    """Items of `root/<class>/<clip>` (a clip is a video file or a folder of frames).
+
+    Classes are the sorted sub-folder names; clips are sorted by name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = [
+        (str(clip), label)
+        for label, name in enumerate(class_names)
+        for clip in sorted((root / name).iterdir())
+        if not clip.name.startswith(".")
+    ]
+    return items, class_names
+
+
+def read_manifest(csv_path: str | os.PathLike) -> tuple[list[Item], list[str]]:
+    """Items of a `path;label` or `path;label;index` manifest.
+
+    With an index column the indices fix the class order; otherwise classes are
+    sorted by name. A relative path resolves against the manifest's folder, or,
+    when not found there, against the folder named like the manifest
+    (`train.csv` -> `train/`). A first row `path;label` is taken as a header.
+    """
+    csv_path = Path(csv_path)
+    rows = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f, delimiter=";"), start=1):
+            row = [cell.strip() for cell in row]
+            if not any(row) or (line == 1 and [c.lower() for c in row[:2]] == ["path", "label"]):
+                continue
+            rows.append((line, _parse_row(csv_path, line, row)))
+    class_names = _class_order(csv_path, rows)
+    lookup = {name: i for i, name in enumerate(class_names)}
+    return [(_resolve(csv_path, path), lookup[label]) for _, (path, label, _) in rows], class_names
+
+
+def _parse_row(csv_path: Path, line: int, row: list[str]) -> tuple[str, str, int | None]:
+    if len(row) not in (2, 3):
+        raise ManifestError(csv_path, line, f"expected 'path;label' or 'path;label;index', got {';'.join(row)!r}")
+    if not row[0] or not row[1]:
+        raise ManifestError(csv_path, line, f"empty path or label in {';'.join(row)!r}")
+    index = None
+    if len(row) == 3:
+        try:
+            index = int(row[2])
+        except ValueError:
+            raise ManifestError(csv_path, line, f"class index must be an integer, got {row[2]!r}") from None
+        if index < 0:
+            raise ManifestError(csv_path, line, f"class index must be >= 0, got {index}")
+    return row[0], row[1], index
+
+
+def _class_order(csv_path: Path, rows: list[tuple[int, tuple[str, str, int | None]]]) -> list[str]:
+    if not rows:
+        return []
+    with_index = {index is not None for _, (_, _, index) in rows}
+    if len(with_index) > 1:
+        raise ManifestError(csv_path, rows[0][0], "some rows have a class index and some do not")
+    if with_index == {False}:
+        return sorted({label for _, (_, label, _) in rows})
+    index_of: dict[str, int] = {}
+    label_of: dict[int, str] = {}
+    for line, (_, label, index) in rows:
+        if index_of.setdefault(label, index) != index or label_of.setdefault(index, label) != label:
+            raise ManifestError(csv_path, line, f"label {label!r} with index {index} contradicts an earlier row")
+    return [label_of[i] for i in sorted(label_of)]
+
+
+def _resolve(csv_path: Path, path: str) -> str:
+    p = Path(path)
+    if p.is_absolute():
+        return str(p)
+    beside = csv_path.parent / p
+    named = csv_path.parent / csv_path.stem / p
+    return str(named if not beside.exists() and named.exists() else beside)
+
+
+def probe(items: list[Item], workers: int = 4, cache_file: str | os.PathLike | None = None,
+          progress: bool = True) -> tuple[list[Item], list[Skipped]]:
+    """Open every clip once (in parallel) and split items into usable and skipped.
+
+    Input order is kept. A file that changed since the cached probe (size or
+    mtime) is probed again.
+    """
+    cache = _load_cache(cache_file)
+    keys = [_cache_key(path) for path, _ in items]
+    todo = sorted({k for k in keys if k is not None and k not in cache})
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vidtrain-probe") as pool:
+        results = pool.map(_probe_one, [k.rsplit("|", 2)[0] for k in todo])
+        bar = tqdm(results, total=len(todo), desc="probing clips", unit="clip", disable=not progress,
+                   file=sys.stderr, mininterval=1.0)
+        cache.update(zip(todo, bar))
+    if cache_file is not None and todo:
+        _save_cache(cache_file, cache)
+    usable, skipped = [], []
+    for (path, label), key in zip(items, keys):
+        entry = {"error": "missing file", "kind": "missing"} if key is None else cache[key]
+        if entry["error"]:
+            skipped.append(Skipped(path, entry["error"], entry["kind"]))
+        else:
+            usable.append((path, label))
+    return usable, skipped
+
+
+def _probe_one(path: str) -> dict:
+    try:
+        return {"frames": count_frames(path, check_last=True), "error": None}
+    except DecodeError as exc:
+        return {"frames": 0, "error": exc.reason, "kind": exc.kind}
+
+
+def _cache_key(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    size = len(os.listdir(path)) if os.path.isdir(path) else st.st_size
+    return f"{os.path.abspath(path)}|{size}|{st.st_mtime_ns}"
+
+
+def _load_cache(cache_file: str | os.PathLike | None) -> dict:
+    if cache_file is None or not os.path.exists(cache_file):
+        return {}
+    try:
+        return json.loads(Path(cache_file).read_text())
+    except (OSError, ValueError):
+        return {}  # a damaged cache costs one re-probe, never a wrong answer
+
+
+def _save_cache(cache_file: str | os.PathLike, cache: dict) -> None:
+    cache_file = Path(cache_file)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".probe-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(cache, f)
+    os.replace(tmp, cache_file)

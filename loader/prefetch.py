@@ -1,0 +1,183 @@
+"""Prefetch: worker threads build batches ahead of the training loop.
+
+The only module of the loader that uses threads. One condition variable
+guards all shared state; workers hold it only to claim a batch number or to
+hand in a result, never while building a batch.
+
+Guarantees: batches come in index order, each exactly once per epoch; no
+more than `depth` batches are built-or-waiting at any time; a worker's
+exception is raised in the consumer at that batch's place in the order, with
+its original traceback; `close()` (or leaving a `with` block) stops and joins
+every thread, also when the consumer stops early.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from loader.sequence import NullLoaderMetrics
+
+
+_END = object()  # no more batches: the epoch is over or the generator closed
+
+
+@dataclass
+class _Failure:
+    """A worker's exception, travelling in the batch's place."""
+
+    error: BaseException
+
+
+class PrefetchGenerator:
+    """An iterator of `sequence[i]` for i in epoch order, built by `workers` threads.
+
+    `sequence` needs `__len__`, `__getitem__` and (for `infinite`)
+    `on_epoch_end`. With `infinite=False` one epoch is yielded, from batch
+    `start`; with `infinite=True` epochs repeat forever (for
+    `fit(steps_per_epoch=len(sequence))`) and `on_epoch_end` is called exactly
+    once between two epochs, by a worker thread, while no batch is being
+    built. `next()` may be called from several threads at once.
+    """
+
+    def __init__(self, sequence, workers: int = 2, depth: int = 4, infinite: bool = False, start: int = 0,
+                 metrics=None):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.sequence, self.workers, self.depth, self.infinite = sequence, workers, depth, infinite
+        self._n = len(sequence)
+        if self._n < 1:
+            raise ValueError("sequence is empty")
+        if not 0 <= start < self._n:
+            raise ValueError(f"start must be in [0, {self._n - 1}], got {start}")
+        self.metrics = metrics or NullLoaderMetrics()
+        self._first = start  # batch numbers g count from here across epochs; index = g % n
+        self._end = None if infinite else self._n
+        self._cond = threading.Condition()  # guards every field below
+        self._next_claim = self._next_yield = start
+        self._ready: dict[int, object] = {}
+        self._in_flight = 0
+        self._switching = False  # on_epoch_end running: nobody builds a batch meanwhile
+        self._closing = False
+        self._error: BaseException | None = None
+        self._lifecycle = threading.Lock()  # start/stop; never held together with _cond by a worker
+        self._threads: list[threading.Thread] = []
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> PrefetchGenerator:
+        """Start the workers; safe to call twice."""
+        with self._lifecycle:
+            if not self._started:
+                self._started = True
+                self._threads = [
+                    threading.Thread(target=self._work, name=f"vidtrain-prefetch-{k}", daemon=True)
+                    for k in range(self.workers)
+                ]
+                for t in self._threads:
+                    t.start()
+        return self
+
+    def close(self) -> None:
+        """Stop and join every worker; safe to call twice and from any thread but a worker."""
+        with self._lifecycle:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            for t in self._threads:
+                t.join()
+            self._threads = []
+            with self._cond:
+                self._ready.clear()
+            self.metrics.set_queue_depth(0)
+
+    def __enter__(self) -> PrefetchGenerator:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __iter__(self) -> PrefetchGenerator:
+        return self
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    # -- consumer side -------------------------------------------------------------
+    def __next__(self):
+        """The next batch in order; called by the training loop (any thread)."""
+        if not self._started:
+            self.start()
+        waited_from = time.perf_counter()
+        with self._cond:
+            item = self._take()
+        if item is _END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            with self._cond:
+                self._error = item.error
+            self.close()
+            raise item.error
+        self.metrics.observe_data_wait(time.perf_counter() - waited_from)
+        return item
+
+    def _take(self):
+        """Wait for the next batch in order and remove it; called holding _cond."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            g = self._next_yield
+            if self._closing or (self._end is not None and g >= self._end):
+                return _END
+            if g in self._ready:
+                self._next_yield = g + 1
+                item = self._ready.pop(g)
+                self.metrics.set_queue_depth(len(self._ready))
+                self._cond.notify_all()
+                return item
+            self._cond.wait()
+
+    # -- worker side ---------------------------------------------------------------
+    def _work(self) -> None:
+        while (claim := self._claim()) is not None:
+            g, new_epoch = claim
+            started = time.perf_counter()
+            try:
+                if new_epoch:
+                    self.sequence.on_epoch_end()
+                item = self.sequence[g % self._n]
+                self.metrics.observe_batch_load(time.perf_counter() - started)
+            except BaseException as exc:  # noqa: BLE001 - it travels to the consumer
+                item = _Failure(exc)
+            with self._cond:
+                self._in_flight -= 1
+                self._switching = self._switching and not new_epoch
+                self._ready[g] = item
+                self.metrics.set_queue_depth(len(self._ready))
+                self._cond.notify_all()
+
+    def _claim(self) -> tuple[int, bool] | None:
+        """Wait until the next batch number may be built; None when there is no more work."""
+        with self._cond:
+            while True:
+                g = self._next_claim
+                if self._closing or self._error is not None or (self._end is not None and g >= self._end):
+                    return None
+                new_epoch = g % self._n == 0 and g != self._first
+                blocked = (
+                    g >= self._next_yield + self.depth
+                    or self._switching
+                    or (new_epoch and self._in_flight > 0)  # the last epoch must be fully built first
+                )
+                if not blocked:
+                    break
+                self._cond.wait()
+            self._next_claim = g + 1
+            self._in_flight += 1
+            self._switching = new_epoch
+            return g, new_epoch

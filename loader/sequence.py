@@ -1,0 +1,166 @@
+"""Batch: `VideoSequence`, a Keras PyDataset from batch index to (clips, labels).
+
+Everything a batch holds is a pure function of (seed, epoch, batch index):
+clip order, sampled frames and flips. So any worker thread may build any
+batch, in any order, and get the same result; `on_epoch_end` only moves the
+epoch on. The prefetch module owns all threading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+
+from loader.decode import DecodeError, decode_clip
+from loader.index import Item, Skipped
+from loader.sampling import SAMPLING_MODES, sample_indices
+
+ON_BAD_VIDEO = ("skip", "fail")
+MAX_REPLACEMENTS = 8  # clips tried in place of one that fails at decode time
+
+
+class NullLoaderMetrics:
+    """The instrumentation hooks the loader calls; this one records nothing."""
+
+    def observe_batch_load(self, seconds: float) -> None: ...
+    def observe_data_wait(self, seconds: float) -> None: ...
+    def set_queue_depth(self, depth: int) -> None: ...
+    def count_skip(self, reason: str) -> None: ...
+
+
+class VideoSequence(keras.utils.PyDataset):
+    """Batch `i` -> (x uint8 [B, T, H, W, 3], y int32 [B]) over `items`.
+
+    `len()` is batches per epoch; the last batch may be short, so each clip
+    comes exactly once per epoch. With `shuffle`, the order is a permutation
+    seeded by (seed, epoch). `flip_labels` turns on horizontal-flip
+    augmentation and says which label each label becomes when flipped (see
+    `flip_label_map`); None turns it off. `shard=(index, count)` keeps every
+    count-th clip, so the shards of all workers are disjoint and cover all.
+    A clip that fails to decode despite the probe is replaced by the next
+    usable clip (deterministically) and recorded in `failed`, or raises
+    DecodeError with `on_bad_video="fail"`.
+    """
+
+    def __init__(self, items: Sequence[Item], batch_size: int, frames: int, size: tuple[int, int] = (112, 112),
+                 shuffle: bool = False, seed: int = 0, sampling: str = "uniform", stride: int = 2,
+                 flip_labels: Mapping[int, int] | None = None, on_bad_video: str = "skip", device: str = "cpu",
+                 shard: tuple[int, int] = (0, 1), metrics=None, **pydataset_kwargs):
+        super().__init__(**pydataset_kwargs)
+        _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
+        self.items = list(items)[shard[0] :: shard[1]]
+        if not self.items:
+            raise ValueError(f"no clips to load (shard {shard[0]} of {shard[1]} of {len(items)} items)")
+        self.batch_size, self.frames, self.size = batch_size, frames, tuple(size)
+        self.shuffle, self.seed, self.sampling, self.stride = shuffle, seed, sampling, stride
+        self.flip_labels = dict(flip_labels) if flip_labels is not None else None
+        self.on_bad_video, self.device = on_bad_video, device
+        self.metrics = metrics or NullLoaderMetrics()
+        self.failed: dict[str, str] = {}  # path -> reason; written by worker threads (dict ops are atomic)
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return -(-len(self.items) // self.batch_size)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to `epoch` (e.g. when resuming); not to be called while batches are being built."""
+        self.epoch = epoch
+        self._order = self.order(epoch)
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Clip indices in the order epoch `epoch` visits them."""
+        if not self.shuffle:
+            return np.arange(len(self.items))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range [0, {len(self)})")
+        clips = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        x = np.empty((len(clips), self.frames, *self.size, 3), np.uint8)
+        y = np.empty(len(clips), np.int32)
+        for row, clip in enumerate(clips):
+            x[row], y[row] = self._load(int(clip))
+        return x, y
+
+    def _load(self, clip: int) -> tuple[np.ndarray, int]:
+        rng = np.random.default_rng([self.seed, self.epoch, clip])
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            path, label = self.items[(clip + attempt) % len(self.items)]
+            if path in self.failed:
+                continue
+            try:
+                frames = decode_clip(path, self._sampler(rng), self.size, self.device)
+            except DecodeError as exc:
+                if self.on_bad_video == "fail":
+                    raise
+                self._record_failure(exc)
+                continue
+            return self._augment(frames, label, rng)
+        raise DecodeError(self.items[clip][0], f"it and the {MAX_REPLACEMENTS} clips after it failed to decode")
+
+    def _sampler(self, rng: np.random.Generator):
+        return lambda num_frames: sample_indices(self.sampling, num_frames, self.frames, rng, self.stride)
+
+    def _augment(self, frames: np.ndarray, label: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        if self.flip_labels is not None and rng.random() < 0.5:
+            return frames[:, :, ::-1], self.flip_labels.get(label, label)
+        return frames, label
+
+    def _record_failure(self, exc: DecodeError) -> None:
+        if exc.path not in self.failed:
+            self.failed[exc.path] = exc.reason
+            self.metrics.count_skip("decode_failed")
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """Clips that failed at decode time and were replaced."""
+        return [Skipped(path, reason, "decode_failed") for path, reason in list(self.failed.items())]
+
+
+def flip_label_map(class_names: Sequence[str]) -> dict[int, int]:
+    """Label swaps under a horizontal flip: a class named with 'left' becomes its
+    'right' twin and back; other classes keep their label. Raises when a twin is
+    missing, since flipping would then teach a wrong label."""
+    lookup = {name: i for i, name in enumerate(class_names)}
+    swaps = {}
+    for name, i in lookup.items():
+        lowered = name.lower()
+        if "left" not in lowered and "right" not in lowered:
+            continue
+        twin = _swap_words(name)
+        if twin not in lookup:
+            raise ValueError(f"class {name!r} has no mirrored twin {twin!r}; turn horizontal flips off")
+        swaps[i] = lookup[twin]
+    return swaps
+
+
+def _swap_words(name: str) -> str:
+    out = name
+    for a, b in (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT")):
+        out = out.replace(a, "\0").replace(b, a).replace("\0", b)
+    return out
+
+
+def _check_args(batch_size, frames, size, sampling, on_bad_video, shard) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (height, width) >= 1, got {size}")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    if on_bad_video not in ON_BAD_VIDEO:
+        raise ValueError(f"on_bad_video must be one of {ON_BAD_VIDEO}, got {on_bad_video!r}")
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
