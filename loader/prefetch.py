@@ -160,6 +160,7 @@ class PrefetchGenerator:
                 self._ready[g] = item
                 self.metrics.set_queue_depth(len(self._ready))
                 self._cond.notify_all()
+            del item  # hold no batch while waiting for the next claim: the buffer is the bound
 
     def _claim(self) -> tuple[int, bool] | None:
         """Wait until the next batch number may be built; None when there is no more work."""

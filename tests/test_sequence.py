@@ -1,0 +1,181 @@
+"""VideoSequence on real decoded demo clips, and its Keras / tf.data adapters."""
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from loader import PrefetchGenerator, VideoSequence, find_videos, flip_label_map, to_tf_dataset
+from loader.decode import DecodeError
+
+
+@pytest.fixture(scope="module")
+def train_items(demo_root):
+    return find_videos(demo_root / "train")
+
+
+def test_batches_shape_dtype_and_each_clip_once_per_epoch(train_items):
+    items, _ = train_items
+    seq = VideoSequence(items, batch_size=6, frames=8, size=(40, 56), shuffle=True, seed=3)
+    assert len(seq) == 4  # 20 clips: 6 + 6 + 6 + 2
+    labels = np.array([label for _, label in items])
+    for epoch in range(2):
+        ys = []
+        for i in range(len(seq)):
+            x, y = seq[i]
+            assert x.dtype == np.uint8 and x.shape == (len(y), 8, 40, 56, 3) and y.dtype == np.int32
+            ys.append(y)
+        assert np.array_equal(np.concatenate(ys), labels[seq.order(epoch)])
+        assert sorted(seq.order(epoch)) == list(range(20))
+        seq.on_epoch_end()
+
+
+def test_order_is_deterministic_per_seed_and_epoch(train_items):
+    items, _ = train_items
+    a = VideoSequence(items, 4, 4, (32, 40), shuffle=True, seed=7)
+    b = VideoSequence(items, 4, 4, (32, 40), shuffle=True, seed=7)
+    assert np.array_equal(a.order(0), b.order(0)) and np.array_equal(a.order(5), b.order(5))
+    assert not np.array_equal(a.order(0), a.order(1))
+    assert not np.array_equal(a.order(0), VideoSequence(items, 4, 4, shuffle=True, seed=8).order(0))
+    assert np.array_equal(VideoSequence(items, 4, 4).order(3), np.arange(20))
+    # Jumping straight to an epoch (as a resumed job does) gives that epoch's batches.
+    for _ in range(2):
+        a.on_epoch_end()
+    b.set_epoch(2)
+    (xa, ya), (xb, yb) = a[1], b[1]
+    assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+def test_random_sampling_is_seeded_by_epoch(train_items):
+    items, _ = train_items
+    make = lambda: VideoSequence(items, 4, 6, (32, 40), seed=1, sampling="random")  # noqa: E731
+    a, b = make(), make()
+    assert np.array_equal(a[0][0], b[0][0])
+    b.on_epoch_end()
+    assert not np.array_equal(a[0][0], b[0][0])  # same clips, other frames
+
+
+def test_flip_swaps_left_and_right_labels_only(train_items):
+    items, classes = train_items
+    swaps = flip_label_map(classes)
+    assert {classes[k]: classes[v] for k, v in swaps.items()} == {"swipe_left": "swipe_right",
+                                                                  "swipe_right": "swipe_left"}
+    plain = VideoSequence(items, 20, 4, (32, 40))
+    flipped = VideoSequence(items, 20, 4, (32, 40), flip_labels=swaps, seed=2)
+    (x0, y0), (x1, y1) = plain[0], flipped[0]
+    n_flipped = 0
+    for a, la, b, lb in zip(x0, y0, x1, y1):
+        if np.array_equal(a, b):
+            assert la == lb
+        else:
+            assert np.array_equal(a[:, :, ::-1], b) and lb == swaps.get(int(la), la)
+            n_flipped += 1
+    assert 0 < n_flipped < 20
+
+
+@pytest.mark.parametrize(
+    "names, expected",
+    [(["a", "b"], {}), (["Left Swipe", "Right Swipe", "Stop"], {0: 1, 1: 0}),
+     (["swipe_left", "swipe_right", "up"], {0: 1, 1: 0})],
+)
+def test_flip_label_map(names, expected):
+    assert flip_label_map(names) == expected
+
+
+def test_flip_label_map_refuses_a_missing_twin():
+    with pytest.raises(ValueError, match="no mirrored twin 'swipe_right'"):
+        flip_label_map(["swipe_left", "stop"])
+
+
+class SkipCounter:
+    def __init__(self):
+        self.skips = []
+
+    def count_skip(self, reason):
+        self.skips.append(reason)
+
+
+def test_clip_failing_at_decode_time_is_replaced_counted_and_reported(train_items, tmp_path):
+    items, _ = train_items
+    local = []
+    for k, (path, label) in enumerate(items[:6]):
+        shutil.copy(path, tmp_path / f"{k}.mp4")
+        local.append((str(tmp_path / f"{k}.mp4"), label))
+    (tmp_path / "2.mp4").write_bytes(b"broken after the probe")
+    metrics = SkipCounter()
+    seq = VideoSequence(local, 6, 4, (32, 40), metrics=metrics)
+    good = VideoSequence(local[3:4], 1, 4, (32, 40))[0]
+    x, y = seq[0]
+    assert np.array_equal(x[2], good[0][0]) and y[2] == local[3][1]  # clip 3 stands in for clip 2
+    assert [s.path for s in seq.skipped] == [local[2][0]] and metrics.skips == ["decode_failed"]
+    seq[0]
+    assert metrics.skips == ["decode_failed"]  # counted once per file, not per epoch
+    strict = VideoSequence(local, 6, 4, (32, 40), on_bad_video="fail")
+    with pytest.raises(DecodeError, match="2.mp4"):
+        strict[0]
+
+
+def test_shards_are_disjoint_and_cover_everything(train_items):
+    items, _ = train_items
+    shards = [VideoSequence(items, 4, 2, shard=(k, 3)).items for k in range(3)]
+    flat = [item for shard in shards for item in shard]
+    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"batch_size": 0}, "batch_size must be >= 1, got 0"), ({"frames": 0}, "frames must be >= 1, got 0"),
+     ({"size": (0, 5)}, "size must be (height, width) >= 1"), ({"sampling": "x"}, "sampling must be one of"),
+     ({"on_bad_video": "ignore"}, "on_bad_video must be one of"), ({"shard": (2, 2)}, "shard must be")],
+)
+def test_bad_arguments(train_items, kwargs, message):
+    args = {"batch_size": 2, "frames": 2} | kwargs
+    with pytest.raises(ValueError) as info:
+        VideoSequence(train_items[0], **args)
+    assert message in str(info.value)
+
+
+def test_index_out_of_range(train_items):
+    with pytest.raises(IndexError):
+        VideoSequence(train_items[0], 8, 2)[3]
+
+
+def test_prefetched_real_batches_equal_direct_ones(train_items):
+    items, _ = train_items
+    seq = VideoSequence(items, 3, 6, (32, 40), shuffle=True, seed=4, sampling="random")
+    direct = [seq[i] for i in range(len(seq))]
+    with PrefetchGenerator(seq, workers=4, depth=3) as gen:
+        for (xd, yd), (xp, yp) in zip(direct, gen, strict=True):
+            assert np.array_equal(xd, xp) and np.array_equal(yd, yp)
+
+
+class SpySequence(VideoSequence):
+    def __getitem__(self, index):
+        self.seen.append((self.epoch, index))
+        return super().__getitem__(index)
+
+
+def test_keras_fit_through_tf_data_sees_each_batch_once_per_epoch(train_items):
+    import keras
+
+    items, classes = train_items
+    seq = SpySequence(items, 4, 4, (32, 40), shuffle=True, seed=0)
+    seq.seen = []
+    model = keras.Sequential([keras.Input((4, 32, 40, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(len(classes))])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(to_tf_dataset(seq, workers=2, depth=2, infinite=True), steps_per_epoch=len(seq), epochs=3, verbose=0)
+    built = sorted(seq.seen)
+    assert built[: 3 * len(seq)] == [(e, i) for e in range(3) for i in range(len(seq))]
+    assert len(built) == len(set(built))  # never a batch twice
+    assert not [t for t in threading.enumerate() if t.name.startswith("vidtrain-prefetch")]
+
+
+def test_tf_dataset_signature_and_reiteration(train_items):
+    items, _ = train_items
+    seq = VideoSequence(items, 8, 3, (24, 40))
+    ds = to_tf_dataset(seq, workers=2, depth=2)
+    assert ds.element_spec[0].shape.as_list() == [None, 3, 24, 40, 3]
+    for _ in range(2):  # each iteration is one full epoch with its own generator
+        assert sum(int(y.shape[0]) for _, y in ds) == 20
