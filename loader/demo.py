@@ -26,6 +26,9 @@ _DIRECTIONS = {
 }
 _SIZES = ((96, 128), (96, 160), (120, 160), (112, 112), (72, 96))  # (h, w), even for yuv420p
 _MARKER = "demo.json"
+# x264's macroblock-tree rate control made the same frames encode to different
+# bytes from run to run here; without it the files are byte-identical per seed.
+_REPRODUCIBLE_X264 = {"x264-params": "no-mbtree=1"}
 
 
 def render_clip(label: str, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +104,8 @@ def make_demo_dataset(root: str | os.PathLike, train_per_class: int = 40, val_pe
         for label in DEMO_CLASSES:
             (tmp / split / label).mkdir(parents=True)
             for k in range(per_class):
-                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", render_clip(label, rng))
+                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", render_clip(label, rng),
+                            options=_REPRODUCIBLE_X264)
     (tmp / _MARKER).write_text(json.dumps(params))
     if root.exists():
         shutil.rmtree(root)
