@@ -127,29 +127,39 @@ def decode_clip(
     return frames[inverse]
 
 
-# Output sizes decord's own resize gets wrong (it returns 4-channel frames for some
-# small widths, dmlc/decord#336). Those decode at native size and resize in Pillow.
-# Threads may add to it concurrently: set.add is atomic, and a race costs one retry.
-_DECORD_RESIZE_BROKEN: set[tuple[int, int]] = set()
+# decord pads each row of some output widths (8, 16, 24, 32, 48, 96, ... px, native or
+# resized) to an aligned pitch and reports the pitch as extra channels: single frames
+# come back [H, W, 4 or 6], and get_batch fails its copy (dmlc/decord#336). Frames of
+# those widths are read one by one and unpadded. Threads may add to the set
+# concurrently: set.add is atomic, and a race costs one failed get_batch.
+_PADDED_WIDTHS: set[int] = set()
 
 
 def _decode_video(path: str, sample, size: tuple[int, int] | None, device: str):
-    size = tuple(size) if size else None
-    native = size is None or size in _DECORD_RESIZE_BROKEN
-    reader = _open_video(path, None if native else size, device)
+    reader = _open_video(path, size, device)
     unique, inverse = _unique(sample(len(reader)))
+    width = size[1] if size else None
     try:
-        frames = reader.get_batch(unique.tolist()).asnumpy()
+        if width not in _PADDED_WIDTHS:
+            try:
+                return reader.get_batch(unique.tolist()).asnumpy(), inverse
+            except decord.DECORDError as exc:
+                if "size must exactly match" not in str(exc):
+                    raise
+                _PADDED_WIDTHS.add(width)
+        return np.stack([_unpad(reader[int(i)].asnumpy()) for i in unique]), inverse
     except (decord.DECORDError, RuntimeError, IndexError) as exc:
-        if not native and "size must exactly match" in str(exc):
-            _DECORD_RESIZE_BROKEN.add(size)
-            return _decode_video(path, lambda n: unique, size, device)[0], inverse
         raise DecodeError(path, _short(exc)) from exc
     finally:
         del reader
-    if size and frames.shape[1:3] != size:
-        frames = np.stack([np.asarray(Image.fromarray(f).resize(size[::-1], Image.BILINEAR)) for f in frames])
-    return frames, inverse
+
+
+def _unpad(frame: np.ndarray) -> np.ndarray:
+    """[H, W, C] with C != 3 from a padded row pitch -> the [H, W, 3] RGB it holds."""
+    if frame.shape[2] == 3:
+        return frame
+    height, width = frame.shape[:2]
+    return np.ascontiguousarray(frame.reshape(height, -1)[:, : width * 3].reshape(height, width, 3))
 
 
 def decode_frames(path: str | os.PathLike, indices, size: tuple[int, int] | None = None,
