@@ -7,15 +7,19 @@ tf.data's autotuning off, so no second pool of prefetch threads competes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from loader.prefetch import PrefetchGenerator
 
 
 def to_tf_dataset(sequence, workers: int = 2, depth: int = 4, infinite: bool = False, start: int = 0,
-                  metrics=None):
+                  metrics=None, stop_when: Callable[[], bool] | None = None):
     """A `tf.data.Dataset` of (x uint8 [B,T,H,W,3], y int32 [B]) from `sequence`.
 
     Each iteration of the dataset runs its own PrefetchGenerator and closes it
-    (joining its threads) when the iteration ends or is abandoned.
+    (joining its threads) when the iteration ends or is abandoned. With
+    `stop_when`, an iteration ends early once it returns True (a job being
+    stopped should not sit through a whole validation pass).
     """
     import tensorflow as tf  # imported here so the loader itself does not need TensorFlow
 
@@ -27,7 +31,10 @@ def to_tf_dataset(sequence, workers: int = 2, depth: int = 4, infinite: bool = F
 
     def batches():
         with PrefetchGenerator(sequence, workers, depth, infinite, start, metrics) as generator:
-            yield from generator
+            for batch in generator:
+                if stop_when is not None and stop_when():
+                    return
+                yield batch
 
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -1,0 +1,106 @@
+"""Configuration: every invalid setting stops the job with exit 2, naming its variable."""
+
+import pytest
+from jobs import run_job
+
+from vidtrain.settings import MODELS, Settings
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cfg")
+    (base / "data" / "train" / "a").mkdir(parents=True)
+    (base / "m.csv").write_text("x.mp4;a\n")
+    (base / "file").write_text("not a folder")
+    return base
+
+
+CASES = [  # (settings, variable named in the error, text expected in the message)
+    ({"batch_size": "0"}, "VIDTRAIN_BATCH_SIZE", ">= 1"),
+    ({"batch_size": "many"}, "VIDTRAIN_BATCH_SIZE", "valid integer"),
+    ({"epochs": "-3"}, "VIDTRAIN_EPOCHS", ">= 1"),
+    ({"frames": "0"}, "VIDTRAIN_FRAMES", ">= 1"),
+    ({"height": "8"}, "VIDTRAIN_HEIGHT", ">= 16"),
+    ({"width": "5000"}, "VIDTRAIN_WIDTH", "<= 1024"),
+    ({"learning_rate": "0"}, "VIDTRAIN_LEARNING_RATE", "> 0"),
+    ({"val_fraction": "1.5"}, "VIDTRAIN_VAL_FRACTION", "< 1"),
+    ({"loader_workers": "0"}, "VIDTRAIN_LOADER_WORKERS", ">= 1"),
+    ({"prefetch_batches": "0"}, "VIDTRAIN_PREFETCH_BATCHES", ">= 1"),
+    ({"metrics_port": "70000"}, "VIDTRAIN_METRICS_PORT", "<= 65535"),
+    ({"metrics_addr": "not-an-ip"}, "VIDTRAIN_METRICS_ADDR", "IPv4 or IPv6"),
+    ({"model": "resnet"}, "VIDTRAIN_MODEL", "'conv3d' or 'cnn_rnn'"),
+    ({"mode": "serve"}, "VIDTRAIN_MODE", "'train', 'evaluate' or 'predict'"),
+    ({"decode_device": "tpu"}, "VIDTRAIN_DECODE_DEVICE", "'cpu' or 'gpu'"),
+    ({"on_bad_video": "ignore"}, "VIDTRAIN_ON_BAD_VIDEO", "'skip' or 'fail'"),
+    ({"sampling": "dense"}, "VIDTRAIN_SAMPLING", "'uniform', 'random' or 'stride'"),
+    ({"augment_flip": "sometimes"}, "VIDTRAIN_AUGMENT_FLIP", "valid boolean"),
+    ({"data_dir": "/nonexistent/data"}, "VIDTRAIN_DATA_DIR", "does not point to a directory"),
+    ({"data_dir": "{base}/file"}, "VIDTRAIN_DATA_DIR", "does not point to a directory"),
+    ({"data_dir": "{base}"}, "VIDTRAIN_DATA_DIR", "no train/ folder"),
+    ({"train_manifest": "/nonexistent.csv"}, "VIDTRAIN_TRAIN_MANIFEST", "does not point to a file"),
+    ({"data_dir": "{base}/data", "train_manifest": "{base}/m.csv"}, "VIDTRAIN_DATA_DIR", "not both"),
+    ({"val_manifest": "{base}/m.csv"}, "VIDTRAIN_VAL_MANIFEST", "needs TRAIN_MANIFEST"),
+    ({"mode": "predict"}, "VIDTRAIN_PREDICT_INPUT", "predict mode needs"),
+    ({"predict_input": "/nonexistent/clip.mp4"}, "VIDTRAIN_PREDICT_INPUT", "does not exist"),
+    ({"output_dir": "{base}/file/out"}, "VIDTRAIN_OUTPUT_DIR", "cannot be created"),
+    ({"pushgateway_url": "ftp://user:hunter2@gw"}, "VIDTRAIN_PUSHGATEWAY_URL", "http(s) URL"),
+    ({"epocs": "3"}, "VIDTRAIN_EPOCS", "unknown setting"),
+    ({"rnn_cell": "transformer"}, "VIDTRAIN_RNN_CELL", "'gru' or 'lstm'"),
+]
+
+
+@pytest.mark.parametrize("settings, variable, text", CASES, ids=[c[1] + ":" + c[2] for c in CASES])
+def test_invalid_setting_exits_2_naming_the_variable(paths, settings, variable, text):
+    settings = {k: v.format(base=paths) for k, v in settings.items()}
+    result = run_job(timeout=60, **settings)
+    assert result.returncode == 2, result.stderr
+    problem_lines = [ln for ln in result.stderr.splitlines() if ln.strip().startswith(variable)]
+    assert problem_lines and any(text in ln for ln in problem_lines), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_several_problems_one_line_each():
+    result = run_job(timeout=60, batch_size="0", frames="0", model="x")
+    lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip().startswith("VIDTRAIN_")]
+    assert result.returncode == 2
+    assert [ln.split("=")[0] for ln in lines] == ["VIDTRAIN_MODEL", "VIDTRAIN_BATCH_SIZE", "VIDTRAIN_FRAMES"]
+
+
+def test_cli_flags_are_validated_too_and_win_over_env(tmp_path):
+    result = run_job(["--batch-size", "0"], timeout=60, batch_size="4")
+    assert result.returncode == 2 and "VIDTRAIN_BATCH_SIZE='0'" in result.stderr
+
+
+def test_help_lists_every_setting():
+    result = run_job(["--help"], timeout=60)
+    assert result.returncode == 0
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in result.stdout
+
+
+def test_every_setting_has_a_description_and_models_match_the_registry():
+    import models
+
+    assert all(f.description for f in Settings.model_fields.values())
+    assert tuple(models.REGISTRY) == MODELS
+
+
+def test_secrets_are_redacted(monkeypatch, tmp_path):
+    from vidtrain.settings import load
+
+    monkeypatch.setenv("VIDTRAIN_PUSHGATEWAY_URL", "http://user:hunter2@127.0.0.1:9091")
+    monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
+    settings = load([])
+    assert "hunter2" not in str(settings.redacted()) and "hunter2" not in repr(settings)
+    assert settings.pushgateway_url.get_secret_value().endswith("@127.0.0.1:9091")
+
+
+def test_only_the_settings_module_reads_the_environment():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    readers = [p.relative_to(root).as_posix() for folder in ("loader", "models", "vidtrain")
+               for p in (root / folder).rglob("*.py") if re.search(r"os\.environ|os\.getenv", p.read_text())]
+    assert readers == ["vidtrain/settings.py"]

@@ -1,0 +1,220 @@
+"""One job run: train, evaluate or predict, with metrics served throughout.
+
+Exit codes (DESIGN.md): 0 done, 2 invalid configuration, 3 no usable data,
+143 stopped by SIGTERM after a checkpoint (130 for SIGINT).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from loader import DecodeError, VideoSequence, check_decode_device, find_videos, probe, read_manifest
+from loader.decode import IMAGE_EXTENSIONS
+from vidtrain import report
+from vidtrain.data import NoDataError, Splits, assemble
+from vidtrain.metrics import JobMetrics, push_outcome, serve
+from vidtrain.settings import Settings
+
+log = logging.getLogger("vidtrain")
+EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA = 0, 2, 3
+CLASSES_FILE = "classes.json"
+
+
+def run(settings: Settings, progress: bool) -> int:
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry)
+    try:
+        server = serve(registry, str(settings.metrics_addr), settings.metrics_port)
+    except OSError as exc:
+        log.error("VIDTRAIN_METRICS_PORT=%d: cannot serve metrics on %s:%d (%s)", settings.metrics_port,
+                  settings.metrics_addr, settings.metrics_port, exc.strerror)
+        return EXIT_CONFIG
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, settings.metrics_port)
+    try:
+        mode = {"train": train_mode, "evaluate": evaluate_mode, "predict": predict_mode}[settings.mode]
+        return mode(settings, metrics, progress)
+    except (NoDataError, DecodeError) as exc:
+        log.error("no usable data: %s", exc)
+        return EXIT_NO_DATA
+    except ConfigProblem as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    finally:
+        server.shutdown()
+
+
+class ConfigProblem(RuntimeError):
+    """A setting that validated but cannot work (exit code 2)."""
+
+
+def _stop_on_signals():
+    """First SIGTERM/SIGINT asks for a checkpoint and a clean stop; a second SIGINT interrupts at once."""
+    from vidtrain.train import StopRequest
+
+    stop = StopRequest()
+
+    def handle(signum, frame):
+        log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+        stop.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _prepare(settings: Settings, progress: bool) -> Splits:
+    splits = assemble(settings, progress)
+    try:
+        check_decode_device(settings.decode_device, splits.train[0][0])
+    except RuntimeError as exc:
+        raise ConfigProblem(f"VIDTRAIN_DECODE_DEVICE={settings.decode_device}: {exc}") from exc
+    log.info("data: %d train / %d val clips, %d classes %s, %d skipped (%s)", len(splits.train), len(splits.val),
+             len(splits.class_names), splits.class_names, len(splits.skipped), splits.source)
+    return splits
+
+
+def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
+    from vidtrain.train import sequences, train
+
+    stop = _stop_on_signals()
+    splits = _prepare(settings, progress)
+    for s in splits.skipped:
+        metrics.count_skip(s.kind)
+    out = settings.output_dir
+    report.write_json_atomic(out / CLASSES_FILE, splits.class_names)
+    if stop.requested:
+        return 128 + stop.signum
+    outcome = train(settings, splits, metrics, stop)
+    report.write_history(out, outcome.history)
+    if outcome.stopped:
+        log.info("stopped; the next run with VIDTRAIN_OUTPUT_DIR=%s resumes", out)
+        return 128 + stop.signum
+    _, val_seq = sequences(settings, splits, metrics)
+    final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches)
+    report.write_atomic(out / "model.keras", outcome.model.save)
+    report.plot_curves(out, outcome.history)
+    wait = metrics.total("vidtrain_data_wait_seconds_sum")
+    report.write_report(out, {
+        "mode": "train", "settings": settings.redacted(), "dataset": _counts(splits),
+        "skipped": [vars(s) for s in splits.skipped + outcome.skipped],
+        "resumed_from": outcome.resumed_from, "epochs_completed": len(outcome.history.get("loss", [])),
+        "throughput": {"clips_trained": outcome.clips_trained,
+                       "train_batches": int(metrics.total("vidtrain_batches_total", split="train")),
+                       "fit_seconds": round(outcome.fit_seconds, 2),
+                       "clips_per_second": round(outcome.clips_trained / max(outcome.fit_seconds, 1e-9), 2),
+                       "data_wait_seconds": round(wait, 2),
+                       "data_wait_share": round(wait / max(outcome.fit_seconds, 1e-9), 4)},
+        "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"],
+                  **{f"train_{k}": v[-1] for k, v in outcome.history.items() if not k.startswith("val_")}},
+        "class_names": splits.class_names, "confusion_matrix": final["confusion_matrix"],
+    })
+    _succeed(settings, metrics, {"val_accuracy": final["accuracy"], "val_loss": final["loss"]})
+    log.info("done: val accuracy %.3f; outputs in %s", final["accuracy"], out.resolve())
+    return EXIT_OK
+
+
+def _succeed(settings: Settings, metrics: JobMetrics, final: dict) -> None:
+    metrics.last_success.set(time.time())
+    if settings.pushgateway_url is not None:
+        push_outcome(settings.pushgateway_url.get_secret_value(), "vidtrain", final)
+
+
+def _counts(splits: Splits) -> dict:
+    per_class = {name: {"train": 0, "val": 0} for name in splits.class_names}
+    for split, items in (("train", splits.train), ("val", splits.val)):
+        for _, label in items:
+            per_class[splits.class_names[label]][split] += 1
+    return {"source": splits.source, "train_clips": len(splits.train), "val_clips": len(splits.val),
+            "skipped_clips": len(splits.skipped), "classes": per_class}
+
+
+def _load_model(settings: Settings):
+    import keras
+
+    path = settings.output_dir / "model.keras"
+    if not path.exists():
+        raise ConfigProblem(f"VIDTRAIN_OUTPUT_DIR={settings.output_dir}: no model.keras to {settings.mode} "
+                            "(train first, with the same output dir)")
+    return keras.models.load_model(path), report.read_json(settings.output_dir / CLASSES_FILE)
+
+
+def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
+    from vidtrain.train import sequences
+
+    model, class_names = _load_model(settings)
+    splits = _prepare(settings, progress)
+    if splits.class_names != class_names:
+        raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
+    _, val_seq = sequences(settings, splits, metrics)
+    final = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches, metrics)
+    report.write_report(settings.output_dir, {
+        "mode": "evaluate", "settings": settings.redacted(), "dataset": _counts(splits),
+        "skipped": [vars(s) for s in splits.skipped + val_seq.skipped],
+        "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"]},
+        "class_names": class_names, "confusion_matrix": final["confusion_matrix"],
+    })
+    metrics.loss.labels("val").set(final["loss"])
+    metrics.accuracy.labels("val").set(final["accuracy"])
+    _succeed(settings, metrics, {"val_accuracy": final["accuracy"], "val_loss": final["loss"]})
+    log.info("evaluate: val accuracy %.3f on %d clips", final["accuracy"], final["clips"])
+    return EXIT_OK
+
+
+def predict_inputs(path: Path) -> list[str]:
+    """Clips named by PREDICT_INPUT, in input order: a clip, a frame folder, a folder of clips, a CSV."""
+    if path.suffix.lower() == ".csv":
+        return [p for p, _ in read_manifest(path)[0]]
+    if not path.is_dir():
+        return [str(path)]
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
+        return [str(path)]  # the folder is itself one clip's frames
+    if entries and all(p.is_dir() for p in entries) and all(
+            any(q.suffix.lower() not in IMAGE_EXTENSIONS for q in p.iterdir()) for p in entries):
+        return [p for p, _ in find_videos(path)[0]]  # class folders of clips
+    return [str(p) for p in entries]
+
+
+def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
+    import numpy as np
+
+    from loader import PrefetchGenerator
+
+    model, class_names = _load_model(settings)
+    paths = predict_inputs(settings.predict_input)
+    good, skipped = probe([(p, i) for i, p in enumerate(paths)], settings.loader_workers,
+                          settings.cache_dir / "probe.json", progress)
+    rows = [{"path": p, "error": ""} for p in paths]
+    for s in skipped:
+        rows[paths.index(s.path)]["error"] = s.reason
+        metrics.count_skip(s.kind)
+    if good:  # labels carry the input position, so results go back to their rows
+        seq = VideoSequence(good, settings.batch_size, settings.frames, (settings.height, settings.width),
+                            on_bad_video="fail", device=settings.decode_device, metrics=metrics)
+        with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches, metrics=metrics) as gen:
+            for x, positions in gen:
+                probs = _softmax(model.predict_on_batch(x))
+                for pos, p in zip(positions, probs):
+                    best = int(np.argmax(p))
+                    rows[pos] |= {"predicted": class_names[best], "confidence": f"{p[best]:.4f}",
+                                  **{f"p_{n}": f"{v:.4f}" for n, v in zip(class_names, p)}}
+    report.write_predictions(settings.output_dir, rows, class_names)
+    report.write_report(settings.output_dir, {
+        "mode": "predict", "settings": settings.redacted(), "inputs": len(paths), "predicted": len(good),
+        "skipped": [vars(s) for s in skipped], "class_names": class_names})
+    _succeed(settings, metrics, {"predicted_clips": len(good)})
+    log.info("predict: %d of %d clips -> %s", len(good), len(paths), settings.output_dir / "predictions.csv")
+    return EXIT_OK
+
+
+def _softmax(logits):
+    import numpy as np
+
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)

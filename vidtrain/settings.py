@@ -1,0 +1,157 @@
+"""Settings: the only place that reads the environment.
+
+Every setting is an environment variable `VIDTRAIN_<NAME>` and a CLI flag
+`--<name>` (CLI wins), with a typed default and a one-line description.
+`load()` returns one frozen `Settings` or raises `ConfigError`, whose lines
+each name the variable, the bad value and what is allowed. This module
+imports nothing heavy, so a bad setting fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Literal
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (AnyHttpUrl, DirectoryPath, Field, FilePath, IPvAnyAddress, SecretStr, ValidationError,
+                      model_validator)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+PREFIX = "VIDTRAIN_"
+MODELS = ("conv3d", "cnn_rnn")  # keep in step with models.REGISTRY (a test checks)
+
+
+class Settings(BaseSettings):
+    """One job's configuration, validated and frozen."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, frozen=True, extra="forbid", cli_kebab_case=True, cli_prog_name="vidtrain",
+        cli_implicit_flags=True,
+    )
+
+    # -- data ------------------------------------------------------------------------
+    data_dir: DirectoryPath | None = Field(None, description="folder with train/ (and val/) class folders")
+    train_manifest: FilePath | None = Field(None, description="'path;label[;index]' CSV of training clips")
+    val_manifest: FilePath | None = Field(None, description="CSV of validation clips (needs TRAIN_MANIFEST)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for validation when no val split")
+    cache_dir: Path = Field(Path(".cache"), description="demo dataset and probe cache")
+    demo_clips_per_class: int = Field(40, ge=2, le=1000, description="training clips per class of the demo set")
+    # -- job -------------------------------------------------------------------------
+    mode: Literal["train", "evaluate", "predict"] = Field("train", description="what the job does")
+    output_dir: Path = Field(Path("output"), description="model, checkpoints, reports")
+    predict_input: Path | None = Field(None, description="predict mode: a clip, a folder of clips, or a CSV")
+    model: Literal[MODELS] = Field("conv3d", description="model architecture")
+    rnn_cell: Literal["gru", "lstm"] = Field("gru", description="recurrent cell of cnn_rnn")
+    pretrained_weights: FilePath | None = Field(None, description="local weights file to start from")
+    epochs: int = Field(12, ge=1, le=10000, description="total training epochs (a resumed job counts on)")
+    batch_size: int = Field(8, ge=1, le=1024, description="clips per batch")
+    frames: int = Field(16, ge=1, le=512, description="frames sampled per clip")
+    height: int = Field(64, ge=16, le=1024, description="frame height after resize")
+    width: int = Field(64, ge=16, le=1024, description="frame width after resize")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    seed: int = Field(0, ge=0, description="seed for data order, sampling, augmentation and weights")
+    sampling: Literal["uniform", "random", "stride"] = Field("random", description="training frame sampling")
+    augment_flip: bool = Field(False, description="horizontal flips that swap left/right labels")
+    # -- loader ----------------------------------------------------------------------
+    loader_workers: int = Field(2, ge=1, le=64, description="decode threads")
+    prefetch_batches: int = Field(4, ge=1, le=256, description="batches decoded ahead (memory bound)")
+    decode_device: Literal["cpu", "gpu"] = Field("cpu", description="decord decode device")
+    on_bad_video: Literal["skip", "fail"] = Field("skip", description="skip and report, or stop with exit 3")
+    # -- metrics ---------------------------------------------------------------------
+    metrics_port: int = Field(8000, ge=1, le=65535, description="Prometheus /metrics port")
+    metrics_addr: IPvAnyAddress = Field(IPv4Address("0.0.0.0"), description="metrics bind address")
+    pushgateway_url: SecretStr | None = Field(None, description="Pushgateway for the final outcome (may hold credentials)")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems = []
+        if self.data_dir and (self.train_manifest or self.val_manifest):
+            problems.append(("data_dir", "set either DATA_DIR or TRAIN_MANIFEST/VAL_MANIFEST, not both"))
+        if self.val_manifest and not self.train_manifest:
+            problems.append(("val_manifest", "VAL_MANIFEST needs TRAIN_MANIFEST"))
+        if self.data_dir and not (self.data_dir / "train").is_dir():
+            problems.append(("data_dir", f"{self.data_dir} has no train/ folder of class folders"))
+        if self.model == "cnn_rnn" and self.frames < 2:
+            problems.append(("frames", f"cnn_rnn reads frame differences: needs FRAMES >= 2, got {self.frames}"))
+        if self.mode == "predict" and self.predict_input is None:
+            problems.append(("predict_input", "predict mode needs PREDICT_INPUT (a clip, folder or CSV)"))
+        if self.predict_input is not None and not self.predict_input.exists():
+            problems.append(("predict_input", f"{self.predict_input} does not exist"))
+        if self.pushgateway_url is not None:
+            try:
+                AnyHttpUrl(self.pushgateway_url.get_secret_value())
+            except ValueError:
+                problems.append(("pushgateway_url", "must be an http(s) URL"))
+        for field in ("data_dir", "train_manifest", "val_manifest", "pretrained_weights"):
+            path = getattr(self, field)
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append((field, f"{path} is not readable"))
+        if problem := _writable(self.output_dir):
+            problems.append(("output_dir", problem))
+        if problems:
+            raise ValueError("\n".join(f"{env_name(field)}: {text}" for field, text in problems))
+        return self
+
+    def redacted(self) -> dict:
+        """All settings as JSON-ready values, secrets replaced by '**********'."""
+        return {k: ("**********" if isinstance(v, SecretStr) else _plain(v)) for k, v in self}
+
+
+def _plain(value):
+    return str(value) if isinstance(value, (Path, IPv4Address, IPv6Address)) else value
+
+
+def _writable(folder: Path) -> str | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{folder} cannot be created ({exc.strerror})"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: `lines` holds one message per problem."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def load(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment and `argv` (CLI flags win). Raises ConfigError."""
+    unknown = sorted(k for k in os.environ if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in Settings.model_fields)
+    if unknown:
+        raise ConfigError([f"{k}: unknown setting (allowed: {', '.join(map(env_name, Settings.model_fields))})"
+                           for k in unknown])
+    try:
+        return Settings(_cli_parse_args=argv if argv is not None else [], _cli_exit_on_error=True)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    except SettingsError as exc:
+        raise ConfigError([str(exc)]) from None
+
+
+def _describe(err: dict) -> str:
+    """'VIDTRAIN_X='value': what is wrong / allowed' for one pydantic error."""
+    if not err["loc"]:  # a cross-field check: its message already names the variables
+        return err["msg"].removeprefix("Value error, ")
+    field = str(err["loc"][0])
+    info = Settings.model_fields.get(field)
+    secret = info is not None and "SecretStr" in str(info.annotation)
+    value = "**********" if secret else err.get("input")
+    return f"{env_name(field)}={value!r}: {err['msg']}{_allowed(info)}"
+
+
+def _allowed(info) -> str:
+    """' (allowed: 1 <= value <= 1024)' from a numeric field's bounds, else ''."""
+    if info is None:
+        return ""
+    words = {Ge: (">=", "ge"), Gt: (">", "gt"), Le: ("<=", "le"), Lt: ("<", "lt")}
+    bounds = [f"{words[type(m)][0]} {getattr(m, words[type(m)][1])}" for m in info.metadata if type(m) in words]
+    return f" (allowed: {' and '.join(bounds)})" if bounds else ""
