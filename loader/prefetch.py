@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from loader.sequence import NullLoaderMetrics
@@ -100,8 +101,16 @@ class PrefetchGenerator:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def __iter__(self) -> PrefetchGenerator:
-        return self
+    def __iter__(self) -> Iterator:
+        """A Python generator over the batches: what `model.fit(x=...)` accepts as-is
+        (`model.fit(iter(generator), steps_per_epoch=len(sequence))`). Each call gets
+        its own generator over the same shared, thread-safe state."""
+        while True:
+            try:
+                batch = next(self)
+            except StopIteration:
+                return
+            yield batch
 
     @property
     def threads(self) -> list[threading.Thread]:

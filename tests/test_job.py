@@ -193,6 +193,19 @@ def test_bad_video_fails_or_is_skipped_and_reported(cache, tmp_path, policy, cod
         assert report["dataset"]["train_clips"] + report["dataset"]["val_clips"] == len(clips)
 
 
+def test_gpu_decode_without_a_cuda_decord_stops_at_start_with_exit_2(cache, tmp_path):
+    from loader.decode import check_decode_device
+
+    try:
+        check_decode_device("gpu", next((cache / "demo" / "train").rglob("*.mp4")))
+        pytest.skip("decord here decodes on a GPU (a CUDA build): nothing to refuse")
+    except RuntimeError:
+        pass
+    result = run_job(decode_device="gpu", output_dir=tmp_path, cache_dir=cache, metrics_port=free_port(), **TINY)
+    assert result.returncode == 2 and "VIDTRAIN_DECODE_DEVICE=gpu" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "checkpoints").exists()  # stopped before any training
+
+
 def test_metrics_port_in_use_exits_2(tmp_path):
     import socket
 

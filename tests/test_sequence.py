@@ -179,3 +179,19 @@ def test_tf_dataset_signature_and_reiteration(train_items):
     assert ds.element_spec[0].shape.as_list() == [None, 3, 24, 40, 3]
     for _ in range(2):  # each iteration is one full epoch with its own generator
         assert sum(int(y.shape[0]) for _, y in ds) == 20
+
+
+def test_keras_fit_directly_on_the_generator_sees_each_batch_once_per_epoch(train_items):
+    import keras
+
+    items, classes = train_items
+    seq = SpySequence(items, 4, 4, (32, 40), shuffle=True, seed=0)
+    seq.seen = []
+    model = keras.Sequential([keras.Input((4, 32, 40, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(len(classes))])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with PrefetchGenerator(seq, workers=2, depth=2, infinite=True) as batches:
+        model.fit(iter(batches), steps_per_epoch=len(seq), epochs=3, verbose=0)
+    built = sorted(seq.seen)
+    assert built[: 3 * len(seq)] == [(e, i) for e in range(3) for i in range(len(seq))]
+    assert len(built) == len(set(built))
