@@ -87,16 +87,28 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
     for s in splits.skipped:
         metrics.count_skip(s.kind)
     out = settings.output_dir
-    report.write_json_atomic(out / CLASSES_FILE, splits.class_names)
+    chief = not settings.distributed or settings.cluster()["task"]["index"] == 0
+    if chief:
+        report.write_json_atomic(out / CLASSES_FILE, splits.class_names)
     if stop.requested:
         return 128 + stop.signum
-    outcome = train(settings, splits, metrics, stop)
-    report.write_history(out, outcome.history)
+    if settings.distributed:
+        from vidtrain.distributed import train_distributed
+
+        outcome = train_distributed(settings, splits, metrics, stop)
+    else:
+        outcome = train(settings, splits, metrics, stop)
+    if chief:
+        report.write_history(out, outcome.history)
     if outcome.stopped:
         log.info("stopped; the next run with VIDTRAIN_OUTPUT_DIR=%s resumes", out)
-        return 128 + stop.signum
+        return 128 + (stop.signum or signal.SIGTERM)
+    if not chief:  # the chief writes model and reports and pushes the outcome; this worker's share: workers/
+        metrics.last_success.set(time.time())
+        return EXIT_OK
     _, val_seq = sequences(settings, splits, metrics)
-    final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches)
+    final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
+                            predict=(lambda x: outcome.model(x, training=False)) if settings.distributed else None)
     report.write_atomic(out / "model.keras", outcome.model.save)
     report.plot_curves(out, outcome.history)
     wait = metrics.total("vidtrain_data_wait_seconds_sum")

@@ -12,17 +12,19 @@ from loader import PrefetchGenerator
 from vidtrain.checkpoint import write_atomic, write_json_atomic
 
 
-def evaluate(model, sequence, workers: int, depth: int, metrics=None) -> dict:
-    """Loss, accuracy and confusion matrix of `model` over every batch of `sequence` (one epoch)."""
+def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=None) -> dict:
+    """Loss, accuracy and confusion matrix of `model` over every batch of `sequence` (one epoch).
+    `predict(x) -> logits` defaults to the compiled `model.predict_on_batch`."""
     import keras
 
+    predict = predict or model.predict_on_batch
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
     num_classes = int(model.output_shape[-1])
     confusion = np.zeros((num_classes, num_classes), np.int64)
     total_loss = 0.0
     with PrefetchGenerator(sequence, workers, depth, metrics=metrics) as batches:
         for x, y in batches:
-            logits = model.predict_on_batch(x)
+            logits = np.asarray(predict(x))
             total_loss += float(loss_fn(y, logits))
             np.add.at(confusion, (y, np.argmax(logits, axis=1)), 1)
     count = int(confusion.sum())

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import (AnyHttpUrl, DirectoryPath, Field, FilePath, IPvAnyAddress, SecretStr, ValidationError,
-                      model_validator)
+from pydantic import (AliasChoices, AnyHttpUrl, DirectoryPath, Field, FilePath, IPvAnyAddress, Json, SecretStr,
+                      ValidationError, model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 PREFIX = "VIDTRAIN_"
@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     metrics_port: int = Field(8000, ge=1, le=65535, description="Prometheus /metrics port")
     metrics_addr: IPvAnyAddress = Field(IPv4Address("0.0.0.0"), description="metrics bind address")
     pushgateway_url: SecretStr | None = Field(None, description="Pushgateway for the final outcome (may hold credentials)")
+    # -- multi-worker (tf.distribute.MultiWorkerMirroredStrategy) ----------------------
+    num_workers: int = Field(1, ge=1, le=256, description="training processes; > 1 trains multi-worker")
+    worker_index: int = Field(0, ge=0, description="this worker's index (Kubernetes sets JOB_COMPLETION_INDEX)",
+                              validation_alias=AliasChoices("JOB_COMPLETION_INDEX", "VIDTRAIN_WORKER_INDEX"))
+    worker_service: str | None = Field(None, description="headless service of the workers (none: 127.0.0.1)")
+    job_name: str = Field("vidtrain", description="Kubernetes Job name: pod hostnames are <job>-<index>")
+    worker_port: int = Field(2222, ge=1, le=65535, description="gRPC port (locally: port + index)")
+    tf_config: Json | None = Field(None, description="TF_CONFIG as a training operator sets it; wins if set",
+                                   validation_alias=AliasChoices("TF_CONFIG", "VIDTRAIN_TF_CONFIG"))
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -75,6 +84,8 @@ class Settings(BaseSettings):
             problems.append(("data_dir", f"{self.data_dir} has no train/ folder of class folders"))
         if self.model == "cnn_rnn" and self.frames < 2:
             problems.append(("frames", f"cnn_rnn reads frame differences: needs FRAMES >= 2, got {self.frames}"))
+        if self.worker_index >= self.num_workers and self.tf_config is None:
+            problems.append(("worker_index", f"index {self.worker_index} is not below NUM_WORKERS={self.num_workers}"))
         if self.mode == "predict" and self.predict_input is None:
             problems.append(("predict_input", "predict mode needs PREDICT_INPUT (a clip, folder or CSV)"))
         if self.predict_input is not None and not self.predict_input.exists():
@@ -93,6 +104,21 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(f"{env_name(field)}: {text}" for field, text in problems))
         return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_workers > 1 or self.tf_config is not None
+
+    def cluster(self) -> dict:
+        """TF_CONFIG for this worker: as given by a training operator, or built from the worker
+        count, index and service (`<job>-<i>.<service>:<port>`; locally 127.0.0.1:<port + i>)."""
+        if self.tf_config is not None:
+            return self.tf_config
+        if self.worker_service:
+            hosts = [f"{self.job_name}-{i}.{self.worker_service}:{self.worker_port}" for i in range(self.num_workers)]
+        else:
+            hosts = [f"127.0.0.1:{self.worker_port + i}" for i in range(self.num_workers)]
+        return {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": self.worker_index}}
 
     def redacted(self) -> dict:
         """All settings as JSON-ready values, secrets replaced by '**********'."""

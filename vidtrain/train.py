@@ -46,12 +46,14 @@ class Outcome:
     skipped: list = field(default_factory=list)
 
 
-def sequences(settings: Settings, splits: Splits, metrics: JobMetrics) -> tuple[VideoSequence, VideoSequence]:
+def sequences(settings: Settings, splits: Splits, metrics: JobMetrics,
+              shard: tuple[int, int] = (0, 1)) -> tuple[VideoSequence, VideoSequence]:
+    """The training sequence (of this worker's shard) and the validation sequence (all of it)."""
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
                   on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics)
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
-                          flip_labels=flips, **common)
+                          flip_labels=flips, shard=shard, **common)
     val = VideoSequence(splits.val, shuffle=False, sampling="uniform", **common)
     return train, val
 

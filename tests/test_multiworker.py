@@ -1,0 +1,53 @@
+"""Two worker processes on 127.0.0.1 with the environment an Indexed Job gives its pods."""
+
+import json
+
+import pytest
+from jobs import ROOT, free_port, job_env, sample, scrape, wait_for
+
+from loader import find_videos
+from loader.demo import make_demo_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    make_demo_dataset(cache / "demo", 5, 2, 0)  # 25 train clips: shards of 13 and 12, one batch apart
+    grpc_port = free_port()
+    metrics_ports = [free_port(), free_port()]
+    workers = []
+    for index in range(2):
+        env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=metrics_ports[index],
+                      output_dir=tmp_path / f"out{index}", cache_dir=cache, epochs=3, frames=8, height=32,
+                      width=32, batch_size=4, demo_clips_per_class=5)
+        env["JOB_COMPLETION_INDEX"] = str(index)  # what Kubernetes sets in an Indexed Job's pods
+        workers.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        for port in metrics_ports:  # every worker serves its own metrics while it trains
+            assert wait_for(lambda: (sample(scrape(port) or "", "vidtrain_batches_total", split="train") or 0) > 0,
+                            timeout=180, interval=0.05), f"no training batches on worker metrics port {port}"
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    records = [json.loads((tmp_path / f"out{i}" / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
+    assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
+    assert records[0]["non_trainable_sha256"] == records[1]["non_trainable_sha256"]
+    shards = [set(r["clips"]) for r in records]
+    everything = {path for path, _ in find_videos(cache / "demo" / "train")[0]}
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == everything
+    assert sorted(map(len, shards)) == [12, 13]
+
+    chief, other = tmp_path / "out0", tmp_path / "out1"
+    for name in ("model.keras", "report.json", "history.json", "checkpoints/state.json"):
+        assert (chief / name).exists() and not (other / name).exists(), name
+    report = json.loads((chief / "report.json").read_text())
+    assert len(report["confusion_matrix"]) == 5 and report["epochs_completed"] == 3
+    assert report["throughput"]["clips_trained"] == 3 * 13  # the chief's shard, each clip once per epoch
