@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench tools clean
+.PHONY: run test lint bench tools clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ tools:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
-test: $(STAMP) tools
+# The Dockerfile, with zero findings allowed (the manifests are validated in tests/test_deploy.py).
+lint: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile
+
+test: $(STAMP) tools lint
 	$(PY) -m pytest
 
 bench: $(STAMP)
