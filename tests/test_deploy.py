@@ -160,9 +160,11 @@ def requirement_pins(text: str) -> dict:
 def test_image_installs_the_same_pinned_set_as_make():
     dockerfile = (ROOT / "Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert "-r requirements-dev.txt" in makefile and "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
+    assert "-r requirements-dev.txt" in makefile
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
     cpu = dockerfile.split("AS cpu", 1)[1]
-    assert "COPY requirements.txt" in cpu and "pip install --no-cache-dir --disable-pip-version-check -r requirements.txt" in cpu
+    assert "COPY requirements.txt" in cpu
+    assert "pip install --no-cache-dir --disable-pip-version-check -r requirements.txt" in cpu
     # The GPU stage derives its list from the same file: drop decord2 (built from source), add CUDA to TF.
     sed = re.search(r"sed -e '/\^decord2==/d' -e 's/\^tensorflow==/tensorflow\[and-cuda\]==/' /tmp/requirements.txt",
                     dockerfile)

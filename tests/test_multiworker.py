@@ -29,7 +29,8 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         for port in metrics_ports:  # every worker serves its own metrics while it trains
-            assert wait_for(lambda: (sample(scrape(port) or "", "vidtrain_batches_total", split="train") or 0) > 0,
+            assert wait_for(lambda port=port: (sample(scrape(port) or "", "vidtrain_batches_total", split="train")
+                                               or 0) > 0,
                             timeout=180, interval=0.05), f"no training batches on worker metrics port {port}"
         outputs = [w.communicate(timeout=300)[0] for w in workers]
     finally:

@@ -165,7 +165,8 @@ def test_keras_fit_through_tf_data_sees_each_batch_once_per_epoch(train_items):
     model = keras.Sequential([keras.Input((4, 32, 40, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(len(classes))])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(to_tf_dataset(seq, workers=2, depth=2, infinite=True), steps_per_epoch=len(seq), epochs=3, shuffle=False, verbose=0)
+    model.fit(to_tf_dataset(seq, workers=2, depth=2, infinite=True), steps_per_epoch=len(seq), epochs=3,
+              shuffle=False, verbose=0)
     built = sorted(seq.seen)
     assert built[: 3 * len(seq)] == [(e, i) for e in range(3) for i in range(len(seq))]
     assert len(built) == len(set(built))  # never a batch twice
@@ -191,7 +192,7 @@ def test_keras_fit_directly_on_the_generator_sees_each_batch_once_per_epoch(trai
                               keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(len(classes))])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with PrefetchGenerator(seq, workers=2, depth=2, infinite=True) as batches:
-        model.fit(iter(batches), steps_per_epoch=len(seq), epochs=3, verbose=0)
+        model.fit(iter(batches), steps_per_epoch=len(seq), epochs=3, shuffle=False, verbose=0)
     built = sorted(seq.seen)
     assert built[: 3 * len(seq)] == [(e, i) for e in range(3) for i in range(len(seq))]
     assert len(built) == len(set(built))

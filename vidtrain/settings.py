@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # -- metrics ---------------------------------------------------------------------
     metrics_port: int = Field(8000, ge=1, le=65535, description="Prometheus /metrics port")
     metrics_addr: IPvAnyAddress = Field(IPv4Address("0.0.0.0"), description="metrics bind address")
-    pushgateway_url: SecretStr | None = Field(None, description="Pushgateway for the final outcome (may hold credentials)")
+    pushgateway_url: SecretStr | None = Field(None, description="Pushgateway for the final outcome (may hold secrets)")
     # -- multi-worker (tf.distribute.MultiWorkerMirroredStrategy) ----------------------
     num_workers: int = Field(1, ge=1, le=256, description="training processes; > 1 trains multi-worker")
     worker_index: int = Field(0, ge=0, description="this worker's index (Kubernetes sets JOB_COMPLETION_INDEX)",
@@ -151,7 +151,8 @@ class ConfigError(ValueError):
 
 def load(argv: list[str] | None = None) -> Settings:
     """Settings from the environment and `argv` (CLI flags win). Raises ConfigError."""
-    unknown = sorted(k for k in os.environ if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in Settings.model_fields)
+    unknown = sorted(k for k in os.environ
+                     if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in Settings.model_fields)
     if unknown:
         raise ConfigError([f"{k}: unknown setting (allowed: {', '.join(map(env_name, Settings.model_fields))})"
                            for k in unknown])
