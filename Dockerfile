@@ -9,6 +9,14 @@ ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.5.1-cudnn-devel-ubuntu22.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.5.1-cudnn-runtime-ubuntu22.04
 
 # ---------------------------------------------------------------------------------------
+# The application's files, once for both runtime targets.
+FROM scratch AS source
+COPY entrypoint.py /app/
+COPY loader/ /app/loader/
+COPY models/ /app/models/
+COPY vidtrain/ /app/vidtrain/
+
+# ---------------------------------------------------------------------------------------
 # decord with CUDA/NVDEC, built from a pinned revision (PyPI's decord2 wheels are CPU-only).
 # Needs: the CUDA toolkit (this image), FFmpeg 4.x development headers (Ubuntu 22.04's),
 # and the NVDEC library libnvcuvid, which ships with the NVIDIA driver: the build links
@@ -61,10 +69,7 @@ COPY --from=decord-gpu-build /src/decord/python /opt/decord
 RUN uv pip install --no-cache --no-deps /opt/decord
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 WORKDIR /app
-COPY entrypoint.py ./
-COPY loader/ loader/
-COPY models/ models/
-COPY vidtrain/ vidtrain/
+COPY --from=source /app/ ./
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin vidtrain \
  && mkdir -p /cache /output && chown 10001:10001 /cache /output
 USER 10001
@@ -82,10 +87,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
-COPY entrypoint.py ./
-COPY loader/ loader/
-COPY models/ models/
-COPY vidtrain/ vidtrain/
+COPY --from=source /app/ ./
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin vidtrain \
  && mkdir -p /cache /output && chown 10001:10001 /cache /output
 USER 10001

@@ -156,15 +156,20 @@ class SpySequence(VideoSequence):
         return super().__getitem__(index)
 
 
-def test_keras_fit_through_tf_data_sees_each_batch_once_per_epoch(train_items):
+def _spy_and_model(items, classes):
+    """A sequence that records every (epoch, batch) built, and a tiny compiled model for it."""
     import keras
 
-    items, classes = train_items
     seq = SpySequence(items, 4, 4, (32, 40), shuffle=True, seed=0)
     seq.seen = []
     model = keras.Sequential([keras.Input((4, 32, 40, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(len(classes))])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return seq, model
+
+
+def test_keras_fit_through_tf_data_sees_each_batch_once_per_epoch(train_items):
+    seq, model = _spy_and_model(*train_items)
     model.fit(to_tf_dataset(seq, workers=2, depth=2, infinite=True), steps_per_epoch=len(seq), epochs=3,
               shuffle=False, verbose=0)
     built = sorted(seq.seen)
@@ -183,14 +188,7 @@ def test_tf_dataset_signature_and_reiteration(train_items):
 
 
 def test_keras_fit_directly_on_the_generator_sees_each_batch_once_per_epoch(train_items):
-    import keras
-
-    items, classes = train_items
-    seq = SpySequence(items, 4, 4, (32, 40), shuffle=True, seed=0)
-    seq.seen = []
-    model = keras.Sequential([keras.Input((4, 32, 40, 3)), keras.layers.Rescaling(1 / 255),
-                              keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(len(classes))])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    seq, model = _spy_and_model(*train_items)
     with PrefetchGenerator(seq, workers=2, depth=2, infinite=True) as batches:
         model.fit(iter(batches), steps_per_epoch=len(seq), epochs=3, shuffle=False, verbose=0)
     built = sorted(seq.seen)
