@@ -52,3 +52,53 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
     report = json.loads((chief / "report.json").read_text())
     assert len(report["confusion_matrix"]) == 5 and report["epochs_completed"] == 3
     assert report["throughput"]["clips_trained"] == 3 * 13  # the chief's shard, each clip once per epoch
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_path):
+    """Kubernetes may signal one pod (an eviction): the stop is agreed over all-reduce, so
+    both stop at the same step (exit 143), the chief checkpoints, and a restart finishes."""
+    import subprocess
+    import sys
+    import signal
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    make_demo_dataset(cache / "demo", 5, 2, 0)  # shards 13 / 12 clips: 7 steps an epoch at batch 2
+    grpc_port, ports = free_port(), [free_port(), free_port()]
+
+    def start():
+        procs = []
+        for index in range(2):
+            env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=ports[index], output_dir=out,
+                          cache_dir=cache, epochs=6, frames=16, height=64, width=64, batch_size=2,
+                          demo_clips_per_class=5)
+            env["JOB_COMPLETION_INDEX"] = str(index)
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        return procs
+
+    first = start()
+    try:
+        assert wait_for(lambda: (sample(scrape(ports[1]) or "", "vidtrain_batches_total", split="train")
+                                 or 0) >= 9, timeout=180, interval=0.05), "workers did not reach epoch 2"
+        first[1].send_signal(signal.SIGTERM)  # only worker 1
+        outputs = [p.communicate(timeout=120)[0] for p in first]
+    finally:
+        for p in first:
+            p.kill()
+    assert [p.returncode for p in first] == [143, 143], "\n".join(o[-2000:] for o in outputs)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] < 6 and (state["epoch"], state["batch"]) != (0, 0)
+
+    second = start()
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in second]
+    finally:
+        for p in second:
+            p.kill()
+    assert [p.returncode for p in second] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from"] == [state["epoch"], state["batch"]] and report["epochs_completed"] == 6
+    # The chief's shard (13 clips, 7 batches of 2): the rest of the interrupted epoch, then whole epochs.
+    assert report["throughput"]["clips_trained"] == 13 * 6 - (13 * state["epoch"] + 2 * state["batch"])
+    records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
+    assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]

@@ -58,6 +58,7 @@ def weights_digest(variables) -> str:
 def train_distributed(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopRequest) -> Outcome:
     keras.utils.set_random_seed(settings.seed)
     strategy, index, count = make_strategy(settings)
+    stop.install()  # the strategy's runtime has just taken SIGTERM over; take it back
     chief = index == 0
     train_seq, val_seq = sequences(settings, splits, metrics, shard=(index, count))
     steps = math.ceil(math.ceil(len(splits.train) / count) / settings.batch_size)  # the longest shard's batches

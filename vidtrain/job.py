@@ -52,22 +52,6 @@ class ConfigProblem(RuntimeError):
     """A setting that validated but cannot work (exit code 2)."""
 
 
-def _stop_on_signals():
-    """First SIGTERM/SIGINT asks for a checkpoint and a clean stop; a second SIGINT interrupts at once."""
-    from vidtrain.train import StopRequest
-
-    stop = StopRequest()
-
-    def handle(signum, frame):
-        log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
-        stop.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
 def _prepare(settings: Settings, progress: bool) -> Splits:
     splits = assemble(settings, progress)
     try:
@@ -80,9 +64,10 @@ def _prepare(settings: Settings, progress: bool) -> Splits:
 
 
 def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
-    from vidtrain.train import sequences, train
+    from vidtrain.train import StopRequest, sequences, train
 
-    stop = _stop_on_signals()
+    stop = StopRequest()
+    stop.install()
     splits = _prepare(settings, progress)
     for s in splits.skipped:
         metrics.count_skip(s.kind)

@@ -9,6 +9,7 @@ the rest of that epoch from the same (seed, epoch) order, starting at
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,13 +27,25 @@ log = logging.getLogger("vidtrain")
 
 
 class StopRequest:
-    """Set by the signal handler (main thread), read by the training callback (main thread)."""
+    """Set by the signal handler (main thread), read by the training loop (main thread)."""
 
     signum: int | None = None
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT: the first asks for a checkpoint and a clean stop; a second
+        SIGINT interrupts at once. Call again after anything that takes the signals over
+        (creating a MultiWorkerMirroredStrategy replaces the SIGTERM handler)."""
+        def handle(signum, frame):
+            log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+            self.signum = signum
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
 
 
 @dataclass
