@@ -206,6 +206,27 @@ def test_gpu_decode_without_a_cuda_decord_stops_at_start_with_exit_2(cache, tmp_
     assert not (tmp_path / "checkpoints").exists()  # stopped before any training
 
 
+def _manifest(tmp_path, cache, classes, extra=""):
+    rows = [f"{p};{p.parent.name}" for name in classes for p in sorted((cache / "demo" / "train" / name).glob("*"))]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n" + extra)
+    return tmp_path / "m.csv"
+
+
+def test_flip_without_mirrored_twins_exits_2(cache, tmp_path):
+    result = run_job(train_manifest=_manifest(tmp_path, cache, ["swipe_left", "stop"]), augment_flip="true",
+                     output_dir=tmp_path / "out", cache_dir=cache, metrics_port=free_port(), **TINY)
+    assert result.returncode == 2 and "VIDTRAIN_AUGMENT_FLIP=true" in result.stderr, result.stderr[-2000:]
+    assert "no mirrored twin 'swipe_right'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_malformed_manifest_exits_3_naming_the_line(cache, tmp_path):
+    manifest = _manifest(tmp_path, cache, ["stop", "move_up"], extra="just-a-path.mp4\n")
+    result = run_job(train_manifest=manifest, output_dir=tmp_path / "out", cache_dir=cache,
+                     metrics_port=free_port(), **TINY)
+    assert result.returncode == 3 and "line 9" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_metrics_port_in_use_exits_2(tmp_path):
     import socket
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from loader import DecodeError, VideoSequence, check_decode_device, find_videos, probe, read_manifest
+from loader import (DecodeError, ManifestError, VideoSequence, check_decode_device, find_videos, flip_label_map,
+                    probe, read_manifest)
 from loader.decode import IMAGE_EXTENSIONS
 from vidtrain import report
 from vidtrain.data import NoDataError, Splits, assemble
@@ -38,7 +39,7 @@ def run(settings: Settings, progress: bool) -> int:
     try:
         mode = {"train": train_mode, "evaluate": evaluate_mode, "predict": predict_mode}[settings.mode]
         return mode(settings, metrics, progress)
-    except (NoDataError, DecodeError) as exc:
+    except (NoDataError, DecodeError, ManifestError) as exc:
         log.error("no usable data: %s", exc)
         return EXIT_NO_DATA
     except ConfigProblem as exc:
@@ -58,13 +59,18 @@ def _prepare(settings: Settings, progress: bool) -> Splits:
         check_decode_device(settings.decode_device, splits.train[0][0])
     except RuntimeError as exc:
         raise ConfigProblem(f"VIDTRAIN_DECODE_DEVICE={settings.decode_device}: {exc}") from exc
+    if settings.augment_flip:
+        try:
+            flip_label_map(splits.class_names)
+        except ValueError as exc:
+            raise ConfigProblem(f"VIDTRAIN_AUGMENT_FLIP=true: {exc}") from exc
     log.info("data: %d train / %d val clips, %d classes %s, %d skipped (%s)", len(splits.train), len(splits.val),
              len(splits.class_names), splits.class_names, len(splits.skipped), splits.source)
     return splits
 
 
 def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
-    from vidtrain.train import StopRequest, sequences, train
+    from vidtrain.train import StopRequest, train
 
     stop = StopRequest()
     stop.install()
@@ -91,6 +97,15 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
     if not chief:  # the chief writes model and reports and pushes the outcome; this worker's share: workers/
         metrics.last_success.set(time.time())
         return EXIT_OK
+    _finish_training(settings, splits, metrics, outcome)
+    return EXIT_OK
+
+
+def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, outcome) -> None:
+    """Final evaluation, model.keras, curves and report.json (the chief only)."""
+    from vidtrain.train import sequences
+
+    out = settings.output_dir
     _, val_seq = sequences(settings, splits, metrics)
     final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
                             predict=(lambda x: outcome.model(x, training=False)) if settings.distributed else None)
@@ -113,7 +128,6 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
     })
     _succeed(settings, metrics, {"val_accuracy": final["accuracy"], "val_loss": final["loss"]})
     log.info("done: val accuracy %.3f; outputs in %s", final["accuracy"], out.resolve())
-    return EXIT_OK
 
 
 def _succeed(settings: Settings, metrics: JobMetrics, final: dict) -> None:
