@@ -89,6 +89,21 @@ def test_rerun_of_a_finished_job_trains_nothing_more(trained, cache):
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
 
 
+def test_training_starts_from_local_pretrained_weights(trained, cache, tmp_path):
+    out, _ = trained
+    result = run_job(output_dir=tmp_path, cache_dir=cache, epochs=1, learning_rate="1e-9",
+                     pretrained_weights=out / "model.keras", metrics_port=free_port(), **TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import keras
+    import numpy as np
+
+    # At a learning rate of 1e-9 Adam moves each weight by ~1e-9 a step: the trainable weights are
+    # still the pretrained ones (a fresh initialisation would differ everywhere).
+    pretrained, started = (keras.models.load_model(p / "model.keras") for p in (out, tmp_path))
+    for a, b in zip(pretrained.trainable_weights, started.trainable_weights, strict=True):
+        assert np.allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
 def test_evaluate_mode_scores_the_saved_model(trained, cache):
     out, _ = trained
     result = run_job(output_dir=out, cache_dir=cache, mode="evaluate", metrics_port=free_port(), **TINY)
