@@ -106,3 +106,24 @@ def test_only_the_settings_module_reads_the_environment():
     readers = [p.relative_to(root).as_posix() for folder in ("loader", "models", "vidtrain")
                for p in (root / folder).rglob("*.py") if re.search(r"os\.environ|os\.getenv", p.read_text())]
     assert readers == ["vidtrain/settings.py"]
+
+
+def test_tf_config_from_a_training_operator_is_used_as_given(monkeypatch, tmp_path):
+    from vidtrain.settings import load
+
+    config = '{"cluster": {"worker": ["w0:2222", "w1:2222", "w2:2222"]}, "task": {"type": "worker", "index": 2}}'
+    monkeypatch.setenv("TF_CONFIG", config)
+    monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
+    settings = load([])
+    assert settings.distributed and settings.cluster()["task"] == {"type": "worker", "index": 2}
+    assert settings.cluster()["cluster"]["worker"] == ["w0:2222", "w1:2222", "w2:2222"]
+
+
+def test_worker_cluster_built_locally_without_a_service(monkeypatch, tmp_path):
+    from vidtrain.settings import load
+
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    monkeypatch.setenv("VIDTRAIN_NUM_WORKERS", "3")
+    monkeypatch.setenv("VIDTRAIN_WORKER_PORT", "3000")
+    monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
+    assert load([]).cluster()["cluster"]["worker"] == ["127.0.0.1:3000", "127.0.0.1:3001", "127.0.0.1:3002"]
