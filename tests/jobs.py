@@ -18,8 +18,10 @@ def free_port() -> int:
 
 
 def job_env(**settings) -> dict:
-    """The current environment without any VIDTRAIN_* of its own, plus `settings` as VIDTRAIN_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDTRAIN_")}
+    """The current environment without any VIDTRAIN_* (or worker identity) of its own, plus
+    `settings` as VIDTRAIN_*."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("VIDTRAIN_") and k not in ("TF_CONFIG", "JOB_COMPLETION_INDEX")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env.update({f"VIDTRAIN_{k.upper()}": str(v) for k, v in settings.items()})
     return env
