@@ -112,10 +112,6 @@ class PrefetchGenerator:
                 return
             yield batch
 
-    @property
-    def threads(self) -> list[threading.Thread]:
-        return list(self._threads)
-
     # -- consumer side -------------------------------------------------------------
     def __next__(self):
         """The next batch in order; called by the training loop (any thread)."""

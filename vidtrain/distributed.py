@@ -29,7 +29,7 @@ from vidtrain.checkpoint import Checkpointer, write_json_atomic
 from vidtrain.data import Splits
 from vidtrain.metrics import JobMetrics
 from vidtrain.settings import Settings
-from vidtrain.train import Outcome, StopRequest, new_model, sequences
+from vidtrain.train import Outcome, StopRequest, new_model, record_epoch, sequences
 
 log = logging.getLogger("vidtrain")
 SUM = tf.distribute.ReduceOp.SUM  # (ReduceOp has no MAX: a sum of stop flags > 0 means "any")
@@ -154,13 +154,7 @@ def _end_epoch(settings, model, val_seq, metrics, history, epoch, steps, sums, c
         val = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches,
                               predict=lambda x: model(x, training=False))
         logs |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-    for key, value in logs.items():
-        history.setdefault(key, []).append(float(value))
-    metrics.epoch.set(epoch)
-    for split, prefix in (("train", ""), ("val", "val_")):
-        if f"{prefix}loss" in logs:
-            metrics.loss.labels(split).set(logs[f"{prefix}loss"])
-            metrics.accuracy.labels(split).set(logs[f"{prefix}accuracy"])
+    record_epoch(history, metrics, epoch, logs)
     log.info("epoch %d/%d: %s", epoch, settings.epochs, " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     if chief:
         checkpointer.save(model, epoch, 0, history)

@@ -81,6 +81,17 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
     return model
 
 
+def record_epoch(history: dict, metrics: JobMetrics, epochs_done: int, logs: dict) -> None:
+    """A finished epoch's logs (loss, accuracy, val_loss, val_accuracy) into history and gauges."""
+    for key, value in logs.items():
+        history.setdefault(key, []).append(float(value))
+    metrics.epoch.set(epochs_done)
+    for split, prefix in (("train", ""), ("val", "val_")):
+        if f"{prefix}loss" in logs:
+            metrics.loss.labels(split).set(logs[f"{prefix}loss"])
+            metrics.accuracy.labels(split).set(logs[f"{prefix}accuracy"])
+
+
 class JobCallback(keras.callbacks.Callback):
     """Metrics, checkpoints and graceful stop: together, because all three need the position."""
 
@@ -118,13 +129,7 @@ class JobCallback(keras.callbacks.Callback):
         if self.stopped_at is not None:
             return  # a partial epoch: already checkpointed, and not part of the history
         self.first_batch = 0
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        self.metrics.epoch.set(epoch + 1)
-        for split, prefix in (("train", ""), ("val", "val_")):
-            if f"{prefix}loss" in (logs or {}):
-                self.metrics.loss.labels(split).set(logs[f"{prefix}loss"])
-                self.metrics.accuracy.labels(split).set(logs[f"{prefix}accuracy"])
+        record_epoch(self.history, self.metrics, epoch + 1, logs or {})
         self.checkpointer.save(self.model, epoch + 1, 0, self.history)
 
 
