@@ -1,16 +1,34 @@
-"""vidtrain's video loader: index -> sampling -> decode -> batch -> prefetch -> tf adapter."""
+"""vidtrain's video loader: index -> sampling -> decode -> batch -> prefetch -> tf adapter.
 
-from loader.adapters import to_tf_dataset
-from loader.decode import DecodeError, check_decode_device, count_frames, decode_clip, decode_frames
-from loader.demo import DEMO_CLASSES, make_demo_dataset
-from loader.index import ManifestError, Skipped, find_videos, probe, read_manifest
-from loader.prefetch import PrefetchGenerator
-from loader.sampling import random_offset_indices, sample_indices, stride_indices, uniform_indices
-from loader.sequence import NullLoaderMetrics, VideoSequence, flip_label_map
+Names are imported on first use (PEP 562), so `import loader.sampling` (or
+index, decode, prefetch) loads no TensorFlow or Keras: only `VideoSequence`
+(a Keras PyDataset) and `to_tf_dataset` need them.
+"""
 
-__all__ = [
-    "DEMO_CLASSES", "DecodeError", "ManifestError", "NullLoaderMetrics", "PrefetchGenerator", "Skipped",
-    "VideoSequence", "check_decode_device", "count_frames", "decode_clip", "decode_frames", "find_videos",
-    "flip_label_map", "make_demo_dataset", "probe", "random_offset_indices", "read_manifest",
-    "sample_indices", "stride_indices", "to_tf_dataset", "uniform_indices",
-]
+from importlib import import_module
+
+_HOMES = {
+    "to_tf_dataset": "adapters",
+    "DecodeError": "decode", "check_decode_device": "decode", "count_frames": "decode", "decode_clip": "decode",
+    "decode_frames": "decode",
+    "DEMO_CLASSES": "demo", "make_demo_dataset": "demo",
+    "LoaderHooks": "hooks", "NullLoaderMetrics": "hooks",
+    "ManifestError": "index", "Skipped": "index", "find_videos": "index", "probe": "index", "read_manifest": "index",
+    "PrefetchGenerator": "prefetch",
+    "random_offset_indices": "sampling", "sample_indices": "sampling", "stride_indices": "sampling",
+    "uniform_indices": "sampling",
+    "VideoSequence": "sequence", "flip_label_map": "sequence",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'loader' has no attribute {name!r}")
+    value = getattr(import_module(f"loader.{_HOMES[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

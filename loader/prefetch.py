@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from loader.sequence import NullLoaderMetrics
+from loader.hooks import NullLoaderMetrics
 
 
 _END = object()  # no more batches: the epoch is over or the generator closed

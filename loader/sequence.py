@@ -14,20 +14,12 @@ import keras
 import numpy as np
 
 from loader.decode import DecodeError, decode_clip
+from loader.hooks import NullLoaderMetrics
 from loader.index import Item, Skipped
 from loader.sampling import SAMPLING_MODES, sample_indices
 
 ON_BAD_VIDEO = ("skip", "fail")
 MAX_REPLACEMENTS = 8  # clips tried in place of one that fails at decode time
-
-
-class NullLoaderMetrics:
-    """The instrumentation hooks the loader calls; this one records nothing."""
-
-    def observe_batch_load(self, seconds: float) -> None: ...
-    def observe_data_wait(self, seconds: float) -> None: ...
-    def set_queue_depth(self, depth: int) -> None: ...
-    def count_skip(self, reason: str) -> None: ...
 
 
 class VideoSequence(keras.utils.PyDataset):

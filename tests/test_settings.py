@@ -1,4 +1,9 @@
-"""Configuration: every invalid setting stops the job with exit 2, naming its variable."""
+"""Configuration: every invalid setting stops the job with exit 2, naming its variable.
+
+The table runs in-process through entrypoint.main (fast, precise); a few cases run the
+real process for its exit code and stderr."""
+
+import os
 
 import pytest
 from jobs import run_job
@@ -49,27 +54,51 @@ CASES = [  # (settings, variable named in the error, text expected in the messag
 ]
 
 
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """entrypoint.main in this process with exactly `settings` as VIDTRAIN_*; returns (code, stderr)."""
+    import entrypoint
+
+    def call(argv=(), **settings):
+        for name in list(os.environ):
+            if name.startswith("VIDTRAIN_") or name in ("TF_CONFIG", "JOB_COMPLETION_INDEX"):
+                monkeypatch.delenv(name)
+        for name, value in settings.items():
+            monkeypatch.setenv(f"VIDTRAIN_{name.upper()}", value)
+        code = entrypoint.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.err + captured.out
+
+    return call
+
+
 @pytest.mark.parametrize("settings, variable, text", CASES, ids=[c[1] + ":" + c[2] for c in CASES])
-def test_invalid_setting_exits_2_naming_the_variable(paths, settings, variable, text):
-    settings = {k: v.format(base=paths) for k, v in settings.items()}
+def test_invalid_setting_exits_2_naming_the_variable(paths, main, settings, variable, text):
+    code, output = main(**{k: v.format(base=paths) for k, v in settings.items()})
+    assert code == 2, output
+    problem_lines = [ln for ln in output.splitlines() if ln.strip().startswith(variable)]
+    assert problem_lines and any(text in ln for ln in problem_lines), output
+    assert "hunter2" not in output
+
+
+@pytest.mark.parametrize("settings, variable", [({"batch_size": "0"}, "VIDTRAIN_BATCH_SIZE"),
+                                                ({"epocs": "3"}, "VIDTRAIN_EPOCS")])
+def test_the_process_exits_2_with_the_problem_on_stderr_and_no_traceback(settings, variable):
     result = run_job(timeout=60, **settings)
-    assert result.returncode == 2, result.stderr
-    problem_lines = [ln for ln in result.stderr.splitlines() if ln.strip().startswith(variable)]
-    assert problem_lines and any(text in ln for ln in problem_lines), result.stderr
-    assert "Traceback" not in result.stderr
-    assert "hunter2" not in result.stderr + result.stdout
+    assert result.returncode == 2 and variable in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-def test_several_problems_one_line_each():
-    result = run_job(timeout=60, batch_size="0", frames="0", model="x")
-    lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip().startswith("VIDTRAIN_")]
-    assert result.returncode == 2
+def test_several_problems_one_line_each(main):
+    code, output = main(batch_size="0", frames="0", model="x")
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip().startswith("VIDTRAIN_")]
+    assert code == 2
     assert [ln.split("=")[0] for ln in lines] == ["VIDTRAIN_MODEL", "VIDTRAIN_BATCH_SIZE", "VIDTRAIN_FRAMES"]
 
 
-def test_cli_flags_are_validated_too_and_win_over_env(tmp_path):
-    result = run_job(["--batch-size", "0"], timeout=60, batch_size="4")
-    assert result.returncode == 2 and "VIDTRAIN_BATCH_SIZE='0'" in result.stderr
+def test_cli_flags_are_validated_too_and_win_over_env(main):
+    code, output = main(["--batch-size", "0"], batch_size="4")
+    assert code == 2 and "VIDTRAIN_BATCH_SIZE='0'" in output
 
 
 def test_help_lists_every_setting():
@@ -127,3 +156,20 @@ def test_worker_cluster_built_locally_without_a_service(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDTRAIN_WORKER_PORT", "3000")
     monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
     assert load([]).cluster()["cluster"]["worker"] == ["127.0.0.1:3000", "127.0.0.1:3001", "127.0.0.1:3002"]
+
+
+def test_pure_stages_and_models_import_nothing_they_should_not():
+    """loader's index, sampling, decode and prefetch load without TensorFlow or Keras; models/ and
+    loader/ import nothing of vidtrain/ (a fresh interpreter shows what an import pulls in)."""
+    import subprocess
+    import sys
+
+    from jobs import ROOT
+
+    code = ("import sys, loader.sampling, loader.index, loader.decode, loader.prefetch, loader.hooks, loader\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf_keras'})\n"
+            "import models, models.conv3d, models.cnn_rnn, loader.sequence\n"
+            "print(heavy, sorted(m for m in sys.modules if m.startswith('vidtrain')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[] []"

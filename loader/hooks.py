@@ -1,0 +1,34 @@
+"""The instrumentation hooks the loader calls, as a protocol with a do-nothing default.
+
+The loader reports into whatever object it is given (the job passes its
+Prometheus metrics, bound to a split); it never imports a metrics library.
+Methods are called from worker threads (batch load, queue depth, skips) and
+from the consuming thread (data wait), so implementations must be thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class LoaderHooks(Protocol):
+    def observe_batch_load(self, seconds: float) -> None:
+        """One batch decoded and assembled (worker thread)."""
+
+    def observe_data_wait(self, seconds: float) -> None:
+        """The consumer waited this long for the batch it just received (one call per batch consumed)."""
+
+    def set_queue_depth(self, depth: int) -> None:
+        """Batches built and waiting to be consumed."""
+
+    def count_skip(self, reason: str) -> None:
+        """A clip was left out, for `reason`."""
+
+
+class NullLoaderMetrics:
+    """LoaderHooks that record nothing."""
+
+    def observe_batch_load(self, seconds: float) -> None: ...
+    def observe_data_wait(self, seconds: float) -> None: ...
+    def set_queue_depth(self, depth: int) -> None: ...
+    def count_skip(self, reason: str) -> None: ...
