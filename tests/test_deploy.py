@@ -57,7 +57,11 @@ def test_job_failure_semantics(job):
     assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
     rules = spec["podFailurePolicy"]["rules"]
     fail = [r for r in rules if r["action"] == "FailJob"]
-    assert fail and fail[0]["onExitCodes"] == {"containerName": "vidtrain", "operator": "In", "values": [2, 3]}
+    from vidtrain.job import EXIT_CONFIG, EXIT_DIVERGED, EXIT_NO_DATA
+
+    # A retry cannot mend these: bad settings, no usable data, a diverging model.
+    fatal = [EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED]
+    assert fail and fail[0]["onExitCodes"] == {"containerName": "vidtrain", "operator": "In", "values": fatal}
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
     # SIGTERM -> checkpoint -> exit 143 takes seconds (tests/test_job.py); leave ample room for big models.
     assert pod["terminationGracePeriodSeconds"] >= 60

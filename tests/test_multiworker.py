@@ -51,7 +51,9 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
         assert (chief / name).exists() and not (other / name).exists(), name
     report = json.loads((chief / "report.json").read_text())
     assert len(report["confusion_matrix"]) == 5 and report["epochs_completed"] == 3
-    assert report["throughput"]["clips_trained"] == 3 * 13  # the chief's shard, each clip once per epoch
+    assert report["throughput"]["clips_trained"] == 3 * 25  # every clip once per epoch, across both workers
+    assert {k: len(v) for k, v in json.loads((chief / "history.json").read_text()).items()} == dict.fromkeys(
+        ("loss", "accuracy", "val_loss", "val_accuracy"), 3)
 
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_path):
@@ -87,7 +89,8 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
             p.kill()
     assert [p.returncode for p in first] == [143, 143], "\n".join(o[-2000:] for o in outputs)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["epoch"] < 6 and (state["epoch"], state["batch"]) != (0, 0)
+    assert state["epoch"] < 6 and (state["epoch"], state["step"]) != (0, 0)
+    assert {len(v) for v in state["history"].values()} == {state["epoch"]}  # completed epochs only
 
     second = start()
     try:
@@ -97,8 +100,11 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
             p.kill()
     assert [p.returncode for p in second] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     report = json.loads((out / "report.json").read_text())
-    assert report["resumed_from"] == [state["epoch"], state["batch"]] and report["epochs_completed"] == 6
-    # The chief's shard (13 clips, 7 batches of 2): the rest of the interrupted epoch, then whole epochs.
-    assert report["throughput"]["clips_trained"] == 13 * 6 - (13 * state["epoch"] + 2 * state["batch"])
+    assert report["resumed_from"] == {k: state[k] for k in ("epoch", "step", "clips")}
+    assert report["epochs_completed"] == 6
+    # The position counts clips across workers: 7 steps of 2 clips on each worker (the shard of 12 pads
+    # its 7th step), so after s steps 2s + min(2s, 12) clips; the rest of that epoch, then whole epochs.
+    assert state["clips"] == 2 * state["step"] + min(2 * state["step"], 12)
+    assert report["throughput"]["clips_trained"] == 25 * 6 - (25 * state["epoch"] + state["clips"])
     records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]

@@ -1,7 +1,8 @@
 """One job run: train, evaluate or predict, with metrics served throughout.
 
-Exit codes (DESIGN.md): 0 done, 2 invalid configuration, 3 no usable data,
-143 stopped by SIGTERM after a checkpoint (130 for SIGINT).
+Exit codes (DESIGN.md): 0 done, 2 invalid configuration (also a resume whose
+order-fixing settings differ from the checkpoint's), 3 no usable data,
+4 training diverged, 143 stopped by SIGTERM after a checkpoint (130 for SIGINT).
 """
 
 from __future__ import annotations
@@ -17,17 +18,21 @@ from loader import (DecodeError, ManifestError, VideoSequence, check_decode_devi
                     probe, read_manifest)
 from loader.decode import IMAGE_EXTENSIONS
 from vidtrain import report
+from vidtrain.checkpoint import Checkpointer, Position, ResumeMismatch, check_resume, fingerprint
+from vidtrain.control import Diverged, StopRequest
 from vidtrain.data import NoDataError, Splits, assemble
 from vidtrain.metrics import JobMetrics, push_outcome, serve
 from vidtrain.settings import Settings
 
 log = logging.getLogger("vidtrain")
-EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA = 0, 2, 3
+EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED = 0, 2, 3, 4
 CLASSES_FILE = "classes.json"
 
 
-def run(settings: Settings, progress: bool) -> int:
-    registry = CollectorRegistry()
+def run(settings: Settings, progress: bool, registry: CollectorRegistry | None = None, events=None) -> int:
+    """Run the job `settings` describe; returns the exit code. `registry` (default: a new one) holds
+    the metrics; `events` (vidtrain.train.LoopEvents) is where a caller may act inside the loop."""
+    registry = registry or CollectorRegistry()
     metrics = JobMetrics(registry)
     try:
         server = serve(registry, str(settings.metrics_addr), settings.metrics_port)
@@ -37,14 +42,18 @@ def run(settings: Settings, progress: bool) -> int:
         return EXIT_CONFIG
     log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, settings.metrics_port)
     try:
-        mode = {"train": train_mode, "evaluate": evaluate_mode, "predict": predict_mode}[settings.mode]
-        return mode(settings, metrics, progress)
+        if settings.mode == "train":
+            return train_mode(settings, metrics, progress, events)
+        return {"evaluate": evaluate_mode, "predict": predict_mode}[settings.mode](settings, metrics, progress)
     except (NoDataError, DecodeError, ManifestError) as exc:
         log.error("no usable data: %s", exc)
         return EXIT_NO_DATA
-    except ConfigProblem as exc:
+    except (ConfigProblem, ResumeMismatch) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    except Diverged as exc:
+        log.error("%s", exc)
+        return EXIT_DIVERGED
     finally:
         server.shutdown()
 
@@ -69,35 +78,56 @@ def _prepare(settings: Settings, progress: bool) -> Splits:
     return splits
 
 
-def train_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
-    from vidtrain.train import StopRequest, train
+def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, events=None) -> int:
+    with StopRequest() as stop:
+        splits = _prepare(settings, progress)
+        for s in splits.skipped:
+            metrics.count_skip(s.kind)
+        workers = len(settings.cluster()["cluster"]["worker"]) if settings.distributed else 1
+        current = fingerprint(settings, workers, splits.class_names, splits.train)
+        checkpoints = settings.output_dir / "checkpoints"
+        resume = Checkpointer(checkpoints).latest()
+        if resume is not None:
+            check_resume(resume, current, settings, checkpoints)
+            if done := _already_done(settings, resume):
+                log.info("%s", done)
+                return EXIT_OK
+        if stop.requested:
+            return 128 + stop.signum
+        return _train(settings, splits, metrics, stop, resume, current, progress, events)
 
-    stop = StopRequest()
-    stop.install()
-    splits = _prepare(settings, progress)
-    for s in splits.skipped:
-        metrics.count_skip(s.kind)
+
+def _already_done(settings: Settings, resume: Position) -> str | None:
+    """A message when the checkpoint leaves nothing to train; raises when it is past EPOCHS."""
+    if resume.epoch < settings.epochs:
+        return None
+    if resume.epoch > settings.epochs or resume.step > 0:
+        raise ConfigProblem(f"VIDTRAIN_EPOCHS={settings.epochs}: the checkpoint in {settings.output_dir} is already "
+                            f"at epoch {resume.epoch}, step {resume.step}; raise VIDTRAIN_EPOCHS to train on, or "
+                            "start fresh with another VIDTRAIN_OUTPUT_DIR")
+    if not resume.finished:
+        return None  # trained, but stopped before its final outputs: write them
+    return (f"training is complete: {resume.epoch} epochs in {settings.output_dir} (nothing changed); "
+            "raise VIDTRAIN_EPOCHS to train on")
+
+
+def _train(settings, splits, metrics, stop, resume, current, progress, events) -> int:
+    from vidtrain.train import make_world, train
+
+    world = make_world(settings)
+    stop.install()  # creating a MultiWorkerMirroredStrategy takes SIGTERM over; take it back
     out = settings.output_dir
-    chief = not settings.distributed or settings.cluster()["task"]["index"] == 0
-    if chief:
+    if world.chief:
         report.write_json_atomic(out / CLASSES_FILE, splits.class_names)
-    if stop.requested:
-        return 128 + stop.signum
-    if settings.distributed:
-        from vidtrain.distributed import train_distributed
-
-        outcome = train_distributed(settings, splits, metrics, stop)
-    else:
-        outcome = train(settings, splits, metrics, stop)
-    if chief:
-        report.write_history(out, outcome.history)
+    outcome = train(settings, splits, metrics, stop, world, resume, current, progress, events)
     if outcome.stopped:
         log.info("stopped; the next run with VIDTRAIN_OUTPUT_DIR=%s resumes", out)
         return 128 + (stop.signum or signal.SIGTERM)
-    if not chief:  # the chief writes model and reports and pushes the outcome; this worker's share: workers/
+    if not world.chief:  # the chief writes model and reports and pushes the outcome; this worker's share: workers/
         metrics.last_success.set(time.time())
         return EXIT_OK
     _finish_training(settings, splits, metrics, outcome)
+    Checkpointer(out / "checkpoints").mark_finished()
     return EXIT_OK
 
 
@@ -106,22 +136,28 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
     from vidtrain.train import sequences
 
     out = settings.output_dir
-    _, val_seq = sequences(settings, splits, metrics)
-    final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
-                            predict=(lambda x: outcome.model(x, training=False)) if settings.distributed else None)
+    final = outcome.last_val
+    if final is None:  # resumed after the last epoch: nothing validated in this run
+        _, val_seq = sequences(settings, splits, metrics)
+        final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
+                                metrics.loader("val"), predict=lambda x: outcome.model(x, training=False))
+    report.write_history(out, outcome.history)
     report.write_atomic(out / "model.keras", outcome.model.save)
     report.plot_curves(out, outcome.history)
     wait = metrics.total("vidtrain_data_wait_seconds_sum")
+    seconds = max(outcome.seconds, 1e-9)
     report.write_report(out, {
         "mode": "train", "settings": settings.redacted(), "dataset": _counts(splits),
         "skipped": [vars(s) for s in splits.skipped + outcome.skipped],
         "resumed_from": outcome.resumed_from, "epochs_completed": len(outcome.history.get("loss", [])),
         "throughput": {"clips_trained": outcome.clips_trained,
                        "train_batches": int(metrics.total("vidtrain_batches_total", split="train")),
-                       "fit_seconds": round(outcome.fit_seconds, 2),
-                       "clips_per_second": round(outcome.clips_trained / max(outcome.fit_seconds, 1e-9), 2),
+                       "val_batches": int(metrics.total("vidtrain_batches_total", split="val")),
+                       "train_seconds": round(outcome.seconds, 2),
+                       "clips_per_second": round(outcome.clips_trained / seconds, 2),
+                       "step_seconds": round(metrics.total("vidtrain_train_step_seconds_sum"), 2),
                        "data_wait_seconds": round(wait, 2),
-                       "data_wait_share": round(wait / max(outcome.fit_seconds, 1e-9), 4)},
+                       "data_wait_share": round(wait / seconds, 4)},
         "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"],
                   **{f"train_{k}": v[-1] for k, v in outcome.history.items() if not k.startswith("val_")}},
         "class_names": splits.class_names, "confusion_matrix": final["confusion_matrix"],
@@ -163,7 +199,8 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
     _, val_seq = sequences(settings, splits, metrics)
-    final = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches, metrics)
+    final = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches,
+                            metrics.loader("val"))
     report.write_report(settings.output_dir, {
         "mode": "evaluate", "settings": settings.redacted(), "dataset": _counts(splits),
         "skipped": [vars(s) for s in splits.skipped + val_seq.skipped],
@@ -208,7 +245,8 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
     if good:  # labels carry the input position, so results go back to their rows
         seq = VideoSequence(good, settings.batch_size, settings.frames, (settings.height, settings.width),
                             on_bad_video="fail", device=settings.decode_device, metrics=metrics)
-        with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches, metrics=metrics) as gen:
+        with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches,
+                               metrics=metrics.loader("predict")) as gen:
             for x, positions in gen:
                 probs = _softmax(model.predict_on_batch(x))
                 for pos, p in zip(positions, probs):

@@ -1,8 +1,15 @@
 """Prometheus metrics of one job, on a registry passed in (tests use a fresh one).
 
-`JobMetrics` also implements the loader's instrumentation hooks
-(observe_batch_load, observe_data_wait, set_queue_depth, count_skip), so the
-loader reports into it without knowing Prometheus.
+One meaning per metric, whatever the mode or worker count:
+- `vidtrain_data_wait_seconds{split}`: the loop blocked on the loader for one
+  batch; observed once per batch consumed, together with
+  `vidtrain_batches_total{split}` (split: train, val, predict);
+- `vidtrain_train_step_seconds`: one training step's compute (forward,
+  backward, update, results back on the host), never including data wait;
+- `vidtrain_batch_load_seconds`: one batch decoded and assembled by a loader thread.
+`JobMetrics.loader(split)` gives the loader its instrumentation hooks
+(loader.hooks.LoaderHooks) bound to a split, so the loader reports without
+knowing Prometheus.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ log = logging.getLogger("vidtrain")
 
 # Video batches take from milliseconds (small clips, warm cache) to tens of seconds (4K, cold storage).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "predict")
 
 
 class JobMetrics:
@@ -28,14 +35,14 @@ class JobMetrics:
         self.registry = registry
         self.batch_load = Histogram("vidtrain_batch_load_seconds", "Time to decode and assemble one batch.",
                                     buckets=LATENCY_BUCKETS, registry=registry)
-        self.data_wait = Histogram("vidtrain_data_wait_seconds", "Time the training loop waited for a batch.",
-                                   buckets=LATENCY_BUCKETS, registry=registry)
+        self.data_wait = Histogram("vidtrain_data_wait_seconds", "Time the loop waited for a batch, by split.",
+                                   ["split"], buckets=LATENCY_BUCKETS, registry=registry)
         self.queue_depth = Gauge("vidtrain_prefetch_queue_depth", "Batches decoded ahead and waiting.",
                                  registry=registry)
         self.skipped = Counter("vidtrain_videos_skipped", "Clips left out, by reason.", ["reason"],
                                registry=registry)
         self.batches = Counter("vidtrain_batches", "Batches consumed, by split.", ["split"], registry=registry)
-        self.train_step = Histogram("vidtrain_train_step_seconds", "Wall time of one training step.",
+        self.train_step = Histogram("vidtrain_train_step_seconds", "Compute of one training step, no data wait.",
                                     buckets=LATENCY_BUCKETS, registry=registry)
         self.epoch = Gauge("vidtrain_epoch", "Epochs completed.", registry=registry)
         self.loss = Gauge("vidtrain_loss", "Loss at the end of the last epoch.", ["split"], registry=registry)
@@ -45,23 +52,44 @@ class JobMetrics:
                                   "Unix time the job last finished successfully.", registry=registry)
         for split in SPLITS:  # export zeros from the start, so queries see the series before the first batch
             self.batches.labels(split)
+            self.data_wait.labels(split)
 
-    # -- loader hooks (called from loader threads; prometheus_client is thread-safe) --------
-    def observe_batch_load(self, seconds: float) -> None:
-        self.batch_load.observe(seconds)
-
-    def observe_data_wait(self, seconds: float) -> None:
-        self.data_wait.observe(seconds)
-
-    def set_queue_depth(self, depth: int) -> None:
-        self.queue_depth.set(depth)
+    def loader(self, split: str) -> LoaderHooks:
+        """The loader's hooks for batches of `split` (train, val, predict)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return LoaderHooks(self, split)
 
     def count_skip(self, reason: str) -> None:
         self.skipped.labels(reason).inc()
 
     # -- readings for the report ----------------------------------------------------------
     def total(self, sample: str, **labels) -> float:
-        return self.registry.get_sample_value(sample, labels) or 0.0
+        """The sum of every sample named `sample` whose labels include `labels`."""
+        return sum(s.value for family in self.registry.collect() for s in family.samples
+                   if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+class LoaderHooks:
+    """loader.hooks.LoaderHooks into JobMetrics for one split. Called from loader threads and the
+    consuming loop; prometheus_client's metrics are thread-safe."""
+
+    def __init__(self, metrics: JobMetrics, split: str):
+        self._metrics = metrics
+        self._wait, self._batches = metrics.data_wait.labels(split), metrics.batches.labels(split)
+
+    def observe_batch_load(self, seconds: float) -> None:
+        self._metrics.batch_load.observe(seconds)
+
+    def observe_data_wait(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+        self._batches.inc()
+
+    def set_queue_depth(self, depth: int) -> None:
+        self._metrics.queue_depth.set(depth)
+
+    def count_skip(self, reason: str) -> None:
+        self._metrics.count_skip(reason)
 
 
 def serve(registry: CollectorRegistry, addr: str, port: int):

@@ -12,9 +12,12 @@ from loader import PrefetchGenerator
 from vidtrain.checkpoint import write_atomic, write_json_atomic
 
 
-def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=None) -> dict:
+def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=None, stop_when=None,
+             on_batch=None) -> dict | None:
     """Loss, accuracy and confusion matrix of `model` over every batch of `sequence` (one epoch).
-    `predict(x) -> logits` defaults to the compiled `model.predict_on_batch`."""
+    `predict(x) -> logits` defaults to `model.predict_on_batch`; `metrics` are the loader's hooks.
+    `on_batch(b)` is called after batch b (1-based); once `stop_when()` is true the pass ends and
+    None is returned (a job being stopped should not sit through a whole validation)."""
     import keras
 
     predict = predict or model.predict_on_batch
@@ -23,10 +26,14 @@ def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=No
     confusion = np.zeros((num_classes, num_classes), np.int64)
     total_loss = 0.0
     with PrefetchGenerator(sequence, workers, depth, metrics=metrics) as batches:
-        for x, y in batches:
+        for b, (x, y) in enumerate(batches, 1):
             logits = np.asarray(predict(x))
             total_loss += float(loss_fn(y, logits))
             np.add.at(confusion, (y, np.argmax(logits, axis=1)), 1)
+            if on_batch is not None:
+                on_batch(b)
+            if stop_when is not None and stop_when():
+                return None
     count = int(confusion.sum())
     return {"loss": total_loss / count, "accuracy": float(np.trace(confusion) / count), "clips": count,
             "confusion_matrix": confusion.tolist()}

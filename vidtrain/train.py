@@ -1,51 +1,88 @@
-"""Training: model.fit fed by the loader, with resume, graceful stop and metrics.
+"""The training loop: one loop for 1..N workers (nanoGPT's shape: `world_size = 1` when not distributed).
 
-Position bookkeeping: `epoch` epochs done plus `batch` batches of the next.
-A job stopped mid-epoch checkpoints that position; the restarted job builds
-the rest of that epoch from the same (seed, epoch) order, starting at
-`batch`, so no clip is trained twice in one epoch.
+One worker trains under TensorFlow's default strategy, several under
+MultiWorkerMirroredStrategy (Keras 3's `fit` fails there, keras-team/keras#20585,
+so nobody uses `fit`). Everything below is decided here and nowhere else:
+- the position: `epoch` epochs completed plus `step` steps of the next; an
+  epoch is completed only after its validation, so every key of the history
+  has one value per completed epoch;
+- the order: batches are a pure function of (seed, epoch, index); a resumed
+  epoch continues at its step, each clip trained once per epoch;
+- lockstep: each worker loads its shard (every count-th clip); all take the
+  same number of steps (a shorter shard's last step carries zero-weight
+  clips); a stop request is all-reduced with every step's results, so all
+  workers stop at the same step; BatchNorm statistics are averaged over the
+  workers before validation and before a checkpoint;
+- divergence: a non-finite loss raises `Diverged` before anything of that
+  epoch is recorded;
+- what the metrics mean: `train_step` times the step's compute alone; the
+  loader reports data wait per split (vidtrain.metrics).
+The chief (worker 0) alone validates and writes checkpoints and history.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import signal
-import sys
+import math
 import time
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-from loader import VideoSequence, flip_label_map, to_tf_dataset
+from loader import PrefetchGenerator, VideoSequence, flip_label_map
 from models import build_model
-from vidtrain.checkpoint import Checkpointer, Position
+from vidtrain import report
+from vidtrain.checkpoint import Checkpointer, Position, write_json_atomic
+from vidtrain.control import Diverged, LoopEvents, StopRequest
 from vidtrain.data import Splits
 from vidtrain.metrics import JobMetrics
 from vidtrain.settings import Settings
 
 log = logging.getLogger("vidtrain")
+SUM = tf.distribute.ReduceOp.SUM
+SEED_STATE = "seed_generator_state"  # Keras SeedGenerator variables: not saved in .keras files
 
 
-class StopRequest:
-    """Set by the signal handler (main thread), read by the training loop (main thread)."""
+@dataclass(frozen=True)
+class World:
+    """The strategy and this process's place among the workers."""
 
-    signum: int | None = None
+    strategy: tf.distribute.Strategy
+    index: int = 0
+    count: int = 1
 
     @property
-    def requested(self) -> bool:
-        return self.signum is not None
+    def chief(self) -> bool:
+        return self.index == 0
 
-    def install(self) -> None:
-        """Handle SIGTERM and SIGINT: the first asks for a checkpoint and a clean stop; a second
-        SIGINT interrupts at once. Call again after anything that takes the signals over
-        (creating a MultiWorkerMirroredStrategy replaces the SIGTERM handler)."""
-        def handle(signum, frame):
-            log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
-            self.signum = signum
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+def make_world(settings: Settings) -> World:
+    """The default strategy for one worker; MultiWorkerMirroredStrategy over settings.cluster() for several."""
+    if not settings.distributed:
+        return World(tf.distribute.get_strategy())
+    config = settings.cluster()
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(config["cluster"]), task_type=config["task"]["type"],
+        task_id=config["task"]["index"], rpc_layer="grpc")
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    log.info("TF_CONFIG %s", json.dumps(config))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+    return World(strategy, config["task"]["index"], len(config["cluster"]["worker"]))
+
+
+def steps_per_epoch(clips: int, batch_size: int, workers: int) -> int:
+    """Steps every worker takes per epoch: the batches of the longest shard."""
+    return math.ceil(math.ceil(clips / workers) / batch_size)
+
+
+def clips_after(step: int, clips: int, batch_size: int, workers: int) -> int:
+    """Clips trained across all workers after `step` steps of an epoch (shard w holds clips w, w+N, ...)."""
+    return sum(min(step * batch_size, len(range(w, clips, workers))) for w in range(workers))
 
 
 @dataclass
@@ -53,10 +90,11 @@ class Outcome:
     model: keras.Model
     history: dict
     stopped: bool
-    resumed_from: tuple[int, int] | None
-    fit_seconds: float
-    clips_trained: int
+    resumed_from: dict | None
+    seconds: float
+    clips_trained: int  # across all workers
     skipped: list = field(default_factory=list)
+    last_val: dict | None = None  # the last completed epoch's validation (loss, accuracy, confusion)
 
 
 def sequences(settings: Settings, splits: Splits, metrics: JobMetrics,
@@ -81,99 +119,199 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
     return model
 
 
-def record_epoch(history: dict, metrics: JobMetrics, epochs_done: int, logs: dict) -> None:
-    """A finished epoch's logs (loss, accuracy, val_loss, val_accuracy) into history and gauges."""
-    for key, value in logs.items():
-        history.setdefault(key, []).append(float(value))
-    metrics.epoch.set(epochs_done)
-    for split, prefix in (("train", ""), ("val", "val_")):
-        if f"{prefix}loss" in logs:
-            metrics.loss.labels(split).set(logs[f"{prefix}loss"])
-            metrics.accuracy.labels(split).set(logs[f"{prefix}accuracy"])
+def _seed_states(model: keras.Model) -> list:
+    return [v for v in model.variables if v.path.endswith(SEED_STATE)]
 
 
-class JobCallback(keras.callbacks.Callback):
-    """Metrics, checkpoints and graceful stop: together, because all three need the position."""
-
-    def __init__(self, metrics: JobMetrics, checkpointer: Checkpointer, stop: StopRequest, batches_per_epoch: int,
-                 first_batch: int, history: dict):
-        super().__init__()
-        self.metrics, self.checkpointer, self.stop = metrics, checkpointer, stop
-        self.batches_per_epoch, self.first_batch, self.history = batches_per_epoch, first_batch, history
-        self.stopped_at: tuple[int, int] | None = None
-        self._epoch = 0
-        self._step_started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._step_started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.metrics.train_step.observe(time.perf_counter() - self._step_started)
-        self.metrics.batches.labels("train").inc()
-        done = self.first_batch + batch + 1
-        if self.stop.requested and done < self.batches_per_epoch and self.stopped_at is None:
-            self.stopped_at = (self._epoch, done)
-            self.checkpointer.save(self.model, self._epoch, done, self.history)
-            log.info("stop requested: checkpoint at epoch %d, batch %d/%d", self._epoch, done,
-                     self.batches_per_epoch)
-        if self.stop.requested:
-            self.model.stop_training = True
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.metrics.batches.labels("val").inc()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.stopped_at is not None:
-            return  # a partial epoch: already checkpointed, and not part of the history
-        self.first_batch = 0
-        record_epoch(self.history, self.metrics, epoch + 1, logs or {})
-        self.checkpointer.save(self.model, epoch + 1, 0, self.history)
-
-
-def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopRequest) -> Outcome:
-    keras.utils.set_random_seed(settings.seed)
-    train_seq, val_seq = sequences(settings, splits, metrics)
-    checkpointer = Checkpointer(settings.output_dir / "checkpoints")
-    position = checkpointer.latest()
-    if position is None:
-        model, epoch, batch, history = new_model(settings, len(splits.class_names)), 0, 0, {}
-    else:
-        model, epoch, batch, history = _resume(position)
-    n = len(train_seq)
-    callback = JobCallback(metrics, checkpointer, stop, n, batch, history)
-    # Validation cycles one infinite loader, like training: Keras keeps one iterator for the whole fit.
-    val_data = to_tf_dataset(val_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
-                             metrics=metrics, stop_when=lambda: stop.requested)
-    fit = dict(validation_data=val_data, validation_steps=len(val_seq), shuffle=False,
-               callbacks=[callback, keras.callbacks.TerminateOnNaN()], verbose=1 if sys.stdout.isatty() else 2)
-    loader = dict(workers=settings.loader_workers, depth=settings.prefetch_batches, metrics=metrics)
-    started, start = time.perf_counter(), (epoch, batch)
-    if batch and epoch < settings.epochs and not stop.requested:  # finish the interrupted epoch first
-        train_seq.set_epoch(epoch)
-        model.fit(to_tf_dataset(train_seq, start=batch, **loader), initial_epoch=epoch, epochs=epoch + 1,
-                  steps_per_epoch=n - batch, **fit)
-        epoch += callback.stopped_at is None
-    if epoch < settings.epochs and not stop.requested:
-        train_seq.set_epoch(epoch)
-        model.fit(to_tf_dataset(train_seq, infinite=True, **loader), initial_epoch=epoch, epochs=settings.epochs,
-                  steps_per_epoch=n, **fit)
-    end = callback.stopped_at or (len(history.get("loss", [])), 0)
-    return Outcome(model, history, stop.requested, None if position is None else start,
-                   time.perf_counter() - started, _clips_between(start, end, len(splits.train), settings.batch_size),
-                   train_seq.skipped + val_seq.skipped)
-
-
-def _clips_between(start: tuple[int, int], end: tuple[int, int], clips_per_epoch: int, batch_size: int) -> int:
-    """Clips trained from position `start` to `end` (each (epoch, batch))."""
-    def clips(position):
-        return position[0] * clips_per_epoch + min(position[1] * batch_size, clips_per_epoch)
-    return clips(end) - clips(start)
-
-
-def _resume(position: Position):
-    log.info("resuming from %s: epoch %d, batch %d", position.model_file, position.epoch, position.batch)
+def _restore(position: Position) -> keras.Model:
+    log.info("resuming from %s: epoch %d, step %d", position.model_file, position.epoch, position.step)
     model = keras.models.load_model(position.model_file)
-    return model, position.epoch, position.batch, position.history
+    states = _seed_states(model)
+    if len(states) != len(position.rng):
+        raise RuntimeError(f"{position.model_file}: {len(states)} random-generator states, "
+                           f"the checkpoint holds {len(position.rng)}")
+    for variable, value in zip(states, position.rng):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+    return model
+
+
+class _Ops:
+    """The compiled pieces of the loop, each a collective over all workers (trivial for one)."""
+
+    def __init__(self, world: World, model: keras.Model):
+        strategy, optimizer = world.strategy, model.optimizer
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+        def replica_step(x, y, weight, stop_flag):
+            # The mean over every real clip of every worker: gradients are summed across workers.
+            clips = tf.distribute.get_replica_context().all_reduce(SUM, tf.reduce_sum(weight))
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                per_clip = loss_fn(y, logits) * weight
+                loss = tf.reduce_sum(per_clip) / tf.maximum(clips, 1.0)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+            return tf.stack([tf.reduce_sum(per_clip), tf.reduce_sum(hits * weight), tf.reduce_sum(weight), stop_flag])
+
+        @tf.function(reduce_retracing=True)
+        def step(x, y, weight, stop_flag):
+            return strategy.reduce(SUM, strategy.run(replica_step, args=(x, y, weight, stop_flag)), axis=None)
+
+        @tf.function
+        def agree(flags):
+            return strategy.reduce(SUM, strategy.run(tf.identity, args=(flags,)), axis=None)
+
+        statistics = [v for v in model.non_trainable_variables if not v.path.endswith(SEED_STATE)]
+
+        @tf.function
+        def sync_statistics():
+            values = strategy.run(lambda: [tf.identity(v.value) for v in statistics])
+            for variable, value in zip(statistics, values):
+                variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
+        self.step, self.agree = step, agree
+        # BatchNorm's moving statistics: each worker updates them from its own batches. The update is
+        # linear, so averaging at any point gives what one process would hold; averaged before each
+        # validation and checkpoint, every worker holds the same, and a resume is exact.
+        self.sync_statistics = sync_statistics if world.count > 1 and statistics else (lambda: None)
+        self.predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopRequest, world: World,
+          resume: Position | None, fingerprint: dict, progress: bool = False,
+          events: LoopEvents | None = None) -> Outcome:
+    """Train from `resume` (or from scratch) to settings.epochs, or until a stop is agreed."""
+    events = events or LoopEvents()
+    keras.utils.set_random_seed(settings.seed)
+    train_seq, val_seq = sequences(settings, splits, metrics, shard=(world.index, world.count))
+    steps = steps_per_epoch(len(splits.train), settings.batch_size, world.count)
+    with world.strategy.scope():
+        model = _restore(resume) if resume else new_model(settings, len(splits.class_names))
+    ops = _Ops(world, model)
+    pos = resume or Position(fingerprint=fingerprint)
+    loop = _Loop(settings, metrics, stop, world, model, ops, events, steps, len(splits.train), fingerprint)
+    began = time.perf_counter()
+    # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
+    first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
+    train_seq.set_epoch(first_epoch)
+    with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
+                           start=first_step, metrics=metrics.loader("train")) as batches:
+        pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
+    if world.count > 1:
+        _record_worker(settings.output_dir, world.index, train_seq, model)
+    resumed = None if resume is None else {"epoch": resume.epoch, "step": resume.step, "clips": resume.clips}
+    return Outcome(model, pos.history, stopped, resumed, time.perf_counter() - began, loop.clips_trained,
+                   train_seq.skipped + val_seq.skipped, loop.last_val)
+
+
+class _Loop:
+    """The epoch and step loop of `train`; holds what every part of one run shares."""
+
+    def __init__(self, settings, metrics, stop, world, model, ops, events, steps, clips, fingerprint):
+        self.settings, self.metrics, self.stop, self.world = settings, metrics, stop, world
+        self.model, self.ops, self.events, self.steps, self.clips = model, ops, events, steps, clips
+        self.fingerprint = fingerprint
+        self.checkpointer = Checkpointer(settings.output_dir / "checkpoints")
+        self.clips_trained = 0
+        self.last_val: dict | None = None
+
+    def run(self, pos: Position, batches, train_seq, val_seq, progress: bool) -> tuple[Position, bool]:
+        while pos.epoch < self.settings.epochs:
+            bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy", "val_loss",
+                                                                    "val_accuracy"]) if progress else None
+            pos, halted = self._train_epoch(pos, batches, train_seq, bar)
+            self.ops.sync_statistics()
+            if halted:  # agreed by every worker at the same step (also at the epoch's last one)
+                self._save(pos)
+                return pos, True
+            val = self._validate(pos.epoch, val_seq) if self.world.chief else None
+            stop_any, val_missing = self.ops.agree(np.float32([self.stop.requested,
+                                                               self.world.chief and val is None])).numpy()
+            if not val_missing:
+                pos = self._complete_epoch(pos, val, bar)
+            if stop_any:
+                if val_missing:  # validation was cut short: the epoch stays open, its training done
+                    self._save(pos)
+                return pos, True
+        return pos, False
+
+    def _train_epoch(self, pos: Position, batches, train_seq, bar) -> tuple[Position, bool]:
+        sums, step, halted = np.array(pos.sums, np.float64), pos.step, False
+        pad = None
+        while step < self.steps and not halted:
+            if step < len(train_seq):
+                x, y = next(batches)
+                weight = np.ones(len(y), np.float32)
+            else:  # this shard has run out: a zero-weight step keeps the collectives in lockstep
+                x, y = pad = pad or train_seq[0]
+                weight = np.zeros(len(y), np.float32)
+            started = time.perf_counter()
+            loss, hits, clips, stops = self.ops.step(x, y, weight, np.float32(self.stop.requested)).numpy()
+            self.metrics.train_step.observe(time.perf_counter() - started)
+            if not math.isfinite(loss):
+                raise Diverged(pos.epoch + 1, step + 1, float(loss))
+            sums += (loss, hits, clips)
+            step, halted = step + 1, stops > 0
+            self.clips_trained += int(clips)
+            self.events.after_step(pos.epoch, step, self.model, {"loss": loss / max(clips, 1), "clips": int(clips)})
+            if bar is not None:
+                bar.update(step, [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])])
+        clips_done = clips_after(step, self.clips, self.settings.batch_size, self.world.count)
+        return Position(pos.epoch, step, clips_done, tuple(float(s) for s in sums), pos.history, pos.rng,
+                        self.fingerprint, pos.settings), halted
+
+    def _validate(self, epoch: int, val_seq) -> dict | None:
+        """The chief's validation of the epoch; None when a stop request cut it short."""
+        return report.evaluate(self.model, val_seq, self.settings.loader_workers, self.settings.prefetch_batches,
+                               self.metrics.loader("val"), predict=self.ops.predict,
+                               stop_when=lambda: self.stop.requested,
+                               on_batch=lambda b: self.events.after_val_batch(epoch, b))
+
+    def _complete_epoch(self, pos: Position, val: dict | None, bar) -> Position:
+        loss, hits, clips = pos.sums
+        logs = {"loss": loss / clips, "accuracy": hits / clips}
+        if val is not None:
+            logs |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            self.last_val = val
+        history = {key: list(values) for key, values in pos.history.items()}
+        for key, value in logs.items():
+            history.setdefault(key, []).append(float(value))
+        epoch = pos.epoch + 1
+        self.metrics.epoch.set(epoch)
+        for split, prefix in (("train", ""), ("val", "val_")):
+            if f"{prefix}loss" in logs:
+                self.metrics.loss.labels(split).set(logs[f"{prefix}loss"])
+                self.metrics.accuracy.labels(split).set(logs[f"{prefix}accuracy"])
+        if bar is not None:
+            bar.update(self.steps, list(logs.items()), finalize=True)
+        log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        pos = Position(epoch, 0, 0, (0.0, 0.0, 0.0), history, pos.rng, self.fingerprint, pos.settings)
+        self._save(pos)
+        if self.world.chief:
+            report.write_history(self.settings.output_dir, history)
+        return pos
+
+    def _save(self, pos: Position) -> None:
+        if self.world.chief:
+            rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
+            self.checkpointer.save(self.model, Position(pos.epoch, pos.step, pos.clips, pos.sums, pos.history, rng,
+                                                        self.fingerprint, self.settings.redacted()))
+            log.info("checkpoint: epoch %d, step %d/%d", pos.epoch, pos.step, self.steps)
+
+
+def weights_digest(variables) -> str:
+    digest = hashlib.sha256()
+    for variable in variables:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()
+
+
+def _record_worker(out, index: int, train_seq, model) -> None:
+    """workers/worker-<i>.json: the clips this worker trained on and its final weights' digest."""
+    folder = out / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / f"worker-{index}.json", {
+        "index": index, "clips": [path for path, _ in train_seq.items],
+        "trainable_sha256": weights_digest(model.trainable_variables),
+        "non_trainable_sha256": weights_digest(model.non_trainable_variables)})
