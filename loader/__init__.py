@@ -9,10 +9,11 @@ from importlib import import_module
 
 _HOMES = {
     "to_tf_dataset": "adapters",
+    "FrameCache": "cache",
     "DecodeError": "decode", "check_decode_device": "decode", "count_frames": "decode", "decode_clip": "decode",
     "decode_frames": "decode",
     "DEMO_CLASSES": "demo", "make_demo_dataset": "demo",
-    "LoaderHooks": "hooks", "NullLoaderMetrics": "hooks",
+    "CacheHooks": "hooks", "LoaderHooks": "hooks", "NullCacheMetrics": "hooks", "NullLoaderMetrics": "hooks",
     "ManifestError": "index", "Skipped": "index", "find_videos": "index", "probe": "index", "read_manifest": "index",
     "PrefetchGenerator": "prefetch",
     "random_offset_indices": "sampling", "sample_indices": "sampling", "stride_indices": "sampling",

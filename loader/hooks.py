@@ -25,6 +25,21 @@ class LoaderHooks(Protocol):
         """A clip was left out, for `reason`."""
 
 
+class CacheHooks(Protocol):
+    def count_cache(self, hit: bool) -> None:
+        """One clip looked up in the frame cache (worker thread)."""
+
+    def set_cache_bytes(self, total: int) -> None:
+        """Bytes the frame cache holds now."""
+
+
+class NullCacheMetrics:
+    """CacheHooks that record nothing."""
+
+    def count_cache(self, hit: bool) -> None: ...
+    def set_cache_bytes(self, total: int) -> None: ...
+
+
 class NullLoaderMetrics:
     """LoaderHooks that record nothing."""
 

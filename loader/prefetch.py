@@ -36,14 +36,16 @@ class PrefetchGenerator:
 
     `sequence` needs `__len__`, `__getitem__` and (for `infinite`)
     `on_epoch_end`. With `infinite=False` one epoch is yielded, from batch
-    `start`; with `infinite=True` epochs repeat forever (for
+    `start`; with `infinite=True` epochs repeat (for
     `fit(steps_per_epoch=len(sequence))`) and `on_epoch_end` is called exactly
     once between two epochs, by a worker thread, while no batch is being
-    built. `next()` may be called from several threads at once.
+    built; `count` then stops them after that many batches (nothing is built
+    past the last one a training loop will take). `next()` may be called from
+    several threads at once.
     """
 
     def __init__(self, sequence, workers: int = 2, depth: int = 4, infinite: bool = False, start: int = 0,
-                 metrics=None):
+                 metrics=None, count: int | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if depth < 1:
@@ -56,7 +58,9 @@ class PrefetchGenerator:
             raise ValueError(f"start must be in [0, {self._n - 1}], got {start}")
         self.metrics = metrics or NullLoaderMetrics()
         self._first = start  # batch numbers g count from here across epochs; index = g % n
-        self._end = None if infinite else self._n
+        if count is not None and (count < 0 or not infinite):
+            raise ValueError(f"count needs infinite=True and must be >= 0, got {count} (infinite={infinite})")
+        self._end = (start + count if count is not None else None) if infinite else self._n
         self._cond = threading.Condition()  # guards every field below
         self._next_claim = self._next_yield = start
         self._ready: dict[int, object] = {}

@@ -33,13 +33,15 @@ class VideoSequence(keras.utils.PyDataset):
     count-th clip, so the shards of all workers are disjoint and cover all.
     A clip that fails to decode despite the probe is replaced by the next
     usable clip (deterministically) and recorded in `failed`, or raises
-    DecodeError with `on_bad_video="fail"`.
+    DecodeError with `on_bad_video="fail"`. With `cache` (a loader.FrameCache)
+    every frame of a clip is decoded once and later epochs read the sampled
+    ones from it: the batches are byte-identical to uncached ones.
     """
 
     def __init__(self, items: Sequence[Item], batch_size: int, frames: int, size: tuple[int, int] = (112, 112),
                  shuffle: bool = False, seed: int = 0, sampling: str = "uniform", stride: int = 2,
                  flip_labels: Mapping[int, int] | None = None, on_bad_video: str = "skip", device: str = "cpu",
-                 shard: tuple[int, int] = (0, 1), metrics=None, **pydataset_kwargs):
+                 shard: tuple[int, int] = (0, 1), metrics=None, cache=None, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
         self.items = list(items)[shard[0] :: shard[1]]
@@ -50,6 +52,7 @@ class VideoSequence(keras.utils.PyDataset):
         self.flip_labels = dict(flip_labels) if flip_labels is not None else None
         self.on_bad_video, self.device = on_bad_video, device
         self.metrics = metrics or NullLoaderMetrics()
+        self.cache = cache
         self.failed: dict[str, str] = {}  # path -> reason; written by worker threads (dict ops are atomic)
         self.set_epoch(0)
 
@@ -91,7 +94,7 @@ class VideoSequence(keras.utils.PyDataset):
             if path in self.failed:
                 continue
             try:
-                frames = decode_clip(path, self._sampler(rng), self.size, self.device)
+                frames = self._decode(path, self._sampler(rng))
             except DecodeError as exc:
                 if self.on_bad_video == "fail":
                     raise
@@ -99,6 +102,17 @@ class VideoSequence(keras.utils.PyDataset):
                 continue
             return self._augment(frames, label, rng)
         raise DecodeError(self.items[clip][0], f"it and the {MAX_REPLACEMENTS} clips after it failed to decode")
+
+    def _decode(self, path: str, sample) -> np.ndarray:
+        """Frames `sample(num_frames)` of the clip: through the cache when there is one."""
+        if self.cache is not None:
+            try:
+                every = self.cache.frames(path, self.size, lambda: decode_clip(path, np.arange, self.size, self.device))
+            except DecodeError:
+                every = None  # some frame is unreadable: try just the sampled ones, as without a cache
+            if every is not None:
+                return np.asarray(every[sample(len(every))])
+        return decode_clip(path, sample, self.size, self.device)
 
     def _sampler(self, rng: np.random.Generator):
         return lambda num_frames: sample_indices(self.sampling, num_frames, self.frames, rng, self.stride)

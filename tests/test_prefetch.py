@@ -199,6 +199,29 @@ def test_start_resumes_mid_epoch_and_infinite_continues():
     assert got == [(0, 3), (0, 4), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)]
 
 
+class Counting(FakeSequence):
+    """Records every (epoch, index) it is asked to build."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.built = []
+
+    def __getitem__(self, i):
+        self.built.append((self.epoch, i))
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("start, count", [(0, 10), (3, 7), (4, 1), (2, 0)])
+def test_count_stops_across_epochs_and_builds_nothing_past_the_last_batch(start, count):
+    seq = Counting(5)
+    with PrefetchGenerator(seq, workers=3, depth=4, infinite=True, start=start, count=count) as gen:
+        got = [tuple(b) for b in gen]
+    expected = [(g // 5, g % 5) for g in range(start, start + count)]
+    assert got == expected and sorted(seq.built) == expected
+    with pytest.raises(ValueError, match="count needs infinite=True"):
+        PrefetchGenerator(FakeSequence(5), count=3)
+
+
 class Recorder:
     def __init__(self):
         self.loads, self.waits, self.depths = [], [], []

@@ -1,0 +1,189 @@
+"""FrameCache: byte-identical batches, atomic under concurrent fillers (threads and processes),
+bad files re-decoded, bounded, and harmless when it cannot be written."""
+
+import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from jobs import ROOT
+from PIL import Image
+
+from loader import FrameCache, PrefetchGenerator, VideoSequence, find_videos
+from loader.cache import SUFFIX, clip_key, read_frames, write_frames
+from loader.demo import make_demo_dataset, render_clip
+
+SAMPLINGS = ("uniform", "random", "stride")
+
+
+class Counts:
+    """CacheHooks that count, for the assertions."""
+
+    def __init__(self):
+        self.hits = self.misses = self.bytes = 0
+
+    def count_cache(self, hit):
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+    def set_cache_bytes(self, total):
+        self.bytes = total
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = make_demo_dataset(tmp_path_factory.mktemp("cache") / "demo", 2, 1, 0)
+    return find_videos(root / "train")[0]  # 10 h264 clips of 20-40 frames
+
+
+@pytest.fixture(scope="module")
+def frame_folders(tmp_path_factory):
+    """Clips as folders of frame images (JPEG and PNG), as in the gesture-recognition datasets."""
+    root, items = tmp_path_factory.mktemp("folders"), []
+    for k in range(6):
+        folder = root / f"clip{k}"
+        folder.mkdir()
+        for t, frame in enumerate(render_clip("swipe_left", np.random.default_rng(k))[:12]):
+            Image.fromarray(frame).save(folder / f"{t:05d}.{'jpg' if k % 2 else 'png'}")
+        items.append((str(folder), k % 2))
+    return items
+
+
+def epochs(seq, count=2):
+    batches = []
+    for epoch in range(count):
+        seq.set_epoch(epoch)
+        batches += [seq[i] for i in range(len(seq))]
+    return batches
+
+
+def assert_identical(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == xb.dtype == np.uint8 and xa.shape == xb.shape
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("layout", ["video files", "frame folders"])
+def test_batches_through_the_cache_are_byte_identical(videos, frame_folders, tmp_path, sampling, layout):
+    items = videos if layout == "video files" else frame_folders
+    counts = Counts()
+    common = dict(batch_size=4, frames=8, size=(48, 40), shuffle=True, seed=3, sampling=sampling, flip_labels={})
+    plain = epochs(VideoSequence(items, **common))
+    cached = epochs(VideoSequence(items, cache=FrameCache(tmp_path, 10**9, counts), **common))
+    assert_identical(plain, cached)
+    assert (counts.misses, counts.hits) == (len(items), len(items))  # filled in epoch 1, read in epoch 2
+    assert counts.bytes == sum(f.stat().st_size for f in tmp_path.rglob(f"*{SUFFIX}")) > 0
+
+
+def test_concurrent_fillers_threads_and_processes_leave_only_complete_files(videos, tmp_path):
+    """Two processes and, in each, 4 loader threads fill one cache with the same clips at once."""
+    script = ("import sys; from loader import FrameCache, PrefetchGenerator, VideoSequence, find_videos\n"
+              "items = find_videos(sys.argv[1])[0]\n"
+              "seq = VideoSequence(items, 2, 8, (48, 40), sampling='random', cache=FrameCache(sys.argv[2], 10**9))\n"
+              "with PrefetchGenerator(seq, workers=4, depth=4) as batches: print(sum(len(y) for _, y in batches))")
+    from pathlib import Path
+
+    train = str(Path(videos[0][0]).parent.parent)  # the class folders
+    procs = [subprocess.Popen([sys.executable, "-c", script, train, str(tmp_path / "frames")], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert [out.split()[-1] for out, _ in results] == [str(len(videos))] * 2
+    files = list((tmp_path / "frames").rglob("*"))
+    assert not [f for f in files if f.name.startswith(".tmp-")]  # no temporary file left behind
+    assert len([f for f in files if f.suffix == SUFFIX]) == len(videos)
+    for path, _ in videos:  # every file is complete and holds its clip, equal to a fresh decode
+        from loader.decode import decode_clip
+
+        key = clip_key(path, (48, 40))
+        stored = [read_frames(f, key) for f in files if f.suffix == SUFFIX]
+        found = [s for s in stored if s is not None]
+        assert len(found) == 1 and np.array_equal(found[0], decode_clip(path, np.arange, (48, 40)))
+
+
+def test_many_writers_of_one_clip_at_once_leave_one_valid_file(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (30, 24, 32, 3), dtype=np.uint8)
+    key = ["clip.mp4", 1, 2, 24, 32]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: write_frames(tmp_path / "x.frames", key, frames), range(32)))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.frames"]
+    assert np.array_equal(read_frames(tmp_path / "x.frames", key), frames)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overlong", "foreign key", "garbage", "empty"])
+def test_a_bad_cache_file_is_decoded_again_never_returned(videos, tmp_path, damage):
+    path = videos[0][0]
+    counts, decoded = Counts(), []
+    cache = FrameCache(tmp_path, 10**9, counts)
+
+    def decode_all():
+        from loader.decode import decode_clip
+
+        decoded.append(1)
+        return decode_clip(path, np.arange, (48, 40))
+
+    good = np.array(cache.frames(path, (48, 40), decode_all))
+    file = next(tmp_path.rglob(f"*{SUFFIX}"))
+    data = file.read_bytes()
+    if damage == "truncated":
+        file.write_bytes(data[:-100])
+    elif damage == "overlong":  # not what was written: something else wrote or appended to it
+        file.write_bytes(data + b"\x00" * 100)
+    elif damage == "foreign key":
+        write_frames(file, clip_key(videos[1][0], (48, 40)), good)
+    elif damage == "garbage":
+        file.write_bytes(b"\x00" * len(data))
+    else:
+        file.write_bytes(b"")
+    again = cache.frames(path, (48, 40), decode_all)
+    assert np.array_equal(again, good) and len(decoded) == 2 and counts.misses == 2
+    assert np.array_equal(read_frames(file, clip_key(path, (48, 40))), good)  # and stored whole again
+
+
+def test_a_changed_clip_gets_a_new_key(videos, tmp_path):
+    import shutil
+
+    copy = tmp_path / "clip.mp4"
+    shutil.copy(videos[0][0], copy)
+    before = clip_key(copy, (48, 40))
+    shutil.copy(videos[1][0], copy)
+    assert clip_key(copy, (48, 40)) != before and clip_key(copy, (32, 40)) != clip_key(copy, (48, 40))
+
+
+def test_the_cache_stops_adding_at_its_bound_and_says_so_once(videos, tmp_path, caplog, monkeypatch):
+    per_clip = FrameCache(tmp_path / "probe", 10**9)
+    seq = VideoSequence(videos, 2, 8, (48, 40), cache=per_clip)
+    epochs(seq, 1)
+    sizes = sorted(f.stat().st_size for f in (tmp_path / "probe").rglob(f"*{SUFFIX}"))
+    bound = sum(sizes[:3]) + 1  # room for about three clips
+    caplog.set_level(logging.INFO, logger="vidtrain")
+    counts = Counts()
+    monkeypatch.setattr("loader.cache.MAX_CLIP_FRACTION", 1.0)  # a small bound: let any one clip in
+    cached = epochs(VideoSequence(videos, 2, 8, (48, 40), cache=FrameCache(tmp_path / "c", bound, counts)))
+    assert_identical(cached, epochs(VideoSequence(videos, 2, 8, (48, 40))))
+    stored = sum(f.stat().st_size for f in (tmp_path / "c").rglob(f"*{SUFFIX}"))
+    assert 0 < stored <= bound and counts.bytes == stored
+    assert caplog.text.count("is full") == 1
+
+
+def test_a_clip_too_large_for_its_share_is_never_cached(videos, tmp_path):
+    counts = Counts()
+    cache = FrameCache(tmp_path, 10_000, counts)  # 5% of it is far below one clip
+    seq = VideoSequence(videos[:2], 2, 8, (48, 40), cache=cache)
+    assert_identical(epochs(seq, 3), epochs(VideoSequence(videos[:2], 2, 8, (48, 40)), 3))
+    assert not list(tmp_path.rglob(f"*{SUFFIX}")) and counts.misses == 2  # tried once per clip, then skipped
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_decoding_goes_on(videos, tmp_path, caplog):
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    seq = VideoSequence(videos, 2, 8, (48, 40), cache=FrameCache(tmp_path / "file" / "frames", 10**9))
+    with PrefetchGenerator(seq, workers=2, depth=2) as batches:
+        got = list(batches)
+    assert_identical(got, [VideoSequence(videos, 2, 8, (48, 40))[i] for i in range(len(seq))])
+    assert caplog.text.count("cannot be written") == 1
