@@ -91,7 +91,10 @@ COPY --from=source /app/ ./
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin vidtrain \
  && mkdir -p /cache /output && chown 10001:10001 /cache /output
 USER 10001
-ENV VIDTRAIN_CACHE_DIR=/cache VIDTRAIN_OUTPUT_DIR=/output PYTHONUNBUFFERED=1 MPLCONFIGDIR=/tmp/matplotlib
+# oneDNN kernels: TensorFlow turns them on only on CPUs with AVX-512 VNNI/BF16 or AMX; conv3d is 4.3x
+# faster with them on a 2-core AMD EPYC without AVX-512 (BENCHMARKS.md). The entrypoint sets the same default.
+ENV VIDTRAIN_CACHE_DIR=/cache VIDTRAIN_OUTPUT_DIR=/output PYTHONUNBUFFERED=1 MPLCONFIGDIR=/tmp/matplotlib \
+    TF_ENABLE_ONEDNN_OPTS=1
 EXPOSE 8000
 # tini is PID 1: it forwards SIGTERM to the job (which checkpoints and exits 143) and reaps.
 ENTRYPOINT ["tini", "--", "python", "entrypoint.py"]

@@ -16,8 +16,12 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print("vidtrain: invalid configuration:", *exc.lines, sep="\n  ", file=sys.stderr)
         return 2
+    user_onednn = "TF_ENABLE_ONEDNN_OPTS" in os.environ
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its C++ chatter down
+    onednn = os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # TF leaves it off on CPUs without AVX-512 VNNI
+    logging.getLogger("vidtrain").info("TF_ENABLE_ONEDNN_OPTS=%s (%s)", onednn,
+                                       "set by the user" if user_onednn else "vidtrain's default: oneDNN kernels on")
     from vidtrain.job import run
 
     return run(settings, progress=sys.stderr.isatty())

@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the entrypoint does: the tests train what users train
 
 import numpy as np
 import pytest

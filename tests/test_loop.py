@@ -105,6 +105,14 @@ def test_history_has_one_value_per_epoch_and_the_epoch_loss_is_the_clip_mean(ref
         assert history["loss"][epoch] == pytest.approx(sum(l * c for l, c in mine) / 10, rel=1e-5)
 
 
+def test_the_frame_cache_is_filled_in_the_first_epoch_and_read_in_the_second(reference):
+    registry = reference[3]
+    clips = 10 + 5  # train and val
+    assert registry.get_sample_value("vidtrain_frame_cache_misses_total") == clips
+    assert registry.get_sample_value("vidtrain_frame_cache_hits_total") == clips
+    assert registry.get_sample_value("vidtrain_frame_cache_bytes") > 0
+
+
 def test_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_run(data, tmp_path, reference):
     """Weights, optimizer, dropout's random state and the partial epoch's sums all carry over."""
     out = tmp_path / "out"
@@ -218,7 +226,7 @@ def test_each_metric_has_one_meaning(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loader.sequence, "decode_clip", slow_decode)
     started = time.perf_counter()
-    code, registry = job(settings(data, tmp_path / "out", epochs=1, prefetch_batches=1))
+    code, registry = job(settings(data, tmp_path / "out", epochs=1, prefetch_batches=1, frame_cache_gb=0))
     wall = time.perf_counter() - started
     assert code == 0
 
@@ -229,6 +237,7 @@ def test_each_metric_has_one_meaning(data, tmp_path, monkeypatch):
         assert value("vidtrain_batches_total", split=split) == batches
         assert value("vidtrain_data_wait_seconds_count", split=split) == batches
     assert value("vidtrain_train_step_seconds_count") == STEPS
+    assert value("vidtrain_frame_cache_misses_total") == 0 and not (tmp_path / "cache" / "frames").exists()
     waited = value("vidtrain_data_wait_seconds_sum", split="train") + value("vidtrain_data_wait_seconds_sum",
                                                                             split="val")
     assert waited > 0.3  # the slow disk was felt (15 clips x 50 ms on one loader thread)

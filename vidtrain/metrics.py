@@ -44,6 +44,10 @@ class JobMetrics:
         self.batches = Counter("vidtrain_batches", "Batches consumed, by split.", ["split"], registry=registry)
         self.train_step = Histogram("vidtrain_train_step_seconds", "Compute of one training step, no data wait.",
                                     buckets=LATENCY_BUCKETS, registry=registry)
+        self.cache_hits = Counter("vidtrain_frame_cache_hits", "Clips read from the frame cache.", registry=registry)
+        self.cache_misses = Counter("vidtrain_frame_cache_misses", "Clips decoded because the frame cache lacked them.",
+                                    registry=registry)
+        self.cache_bytes = Gauge("vidtrain_frame_cache_bytes", "Bytes in the frame cache.", registry=registry)
         self.epoch = Gauge("vidtrain_epoch", "Epochs completed.", registry=registry)
         self.loss = Gauge("vidtrain_loss", "Loss at the end of the last epoch.", ["split"], registry=registry)
         self.accuracy = Gauge("vidtrain_accuracy", "Accuracy at the end of the last epoch.", ["split"],
@@ -62,6 +66,13 @@ class JobMetrics:
 
     def count_skip(self, reason: str) -> None:
         self.skipped.labels(reason).inc()
+
+    # -- loader.hooks.CacheHooks (called from loader threads) --------------------------------
+    def count_cache(self, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).inc()
+
+    def set_cache_bytes(self, total: int) -> None:
+        self.cache_bytes.set(total)
 
     # -- readings for the report ----------------------------------------------------------
     def total(self, sample: str, **labels) -> float:

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     train_manifest: FilePath | None = Field(None, description="'path;label[;index]' CSV of training clips")
     val_manifest: FilePath | None = Field(None, description="CSV of validation clips (needs TRAIN_MANIFEST)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for validation when no val split")
-    cache_dir: Path = Field(Path(".cache"), description="demo dataset and probe cache")
+    cache_dir: Path = Field(Path(".cache"), description="demo dataset, probe cache and frame cache (frames/)")
+    frame_cache_gb: float = Field(10, ge=0, le=100000, description="bound of the decoded-frame cache; 0 turns it off")
     demo_clips_per_class: int = Field(40, ge=2, le=1000, description="training clips per class of the demo set")
     # -- job -------------------------------------------------------------------------
     mode: Literal["train", "evaluate", "predict"] = Field("train", description="what the job does")

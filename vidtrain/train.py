@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from loader import PrefetchGenerator, VideoSequence, flip_label_map
+from loader import FrameCache, PrefetchGenerator, VideoSequence, flip_label_map
 from models import build_model
 from vidtrain import report
 from vidtrain.checkpoint import Checkpointer, Position, write_json_atomic
@@ -100,8 +100,10 @@ class Outcome:
 def sequences(settings: Settings, splits: Splits, metrics: JobMetrics,
               shard: tuple[int, int] = (0, 1)) -> tuple[VideoSequence, VideoSequence]:
     """The training sequence (of this worker's shard) and the validation sequence (all of it)."""
+    cache = FrameCache(settings.cache_dir / "frames", int(settings.frame_cache_gb * 1e9), metrics) \
+        if settings.frame_cache_gb > 0 else None
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
-                  on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics)
+                  on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics, cache=cache)
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
                           flip_labels=flips, shard=shard, **common)
@@ -195,8 +197,9 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
     first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
     train_seq.set_epoch(first_epoch)
+    remaining = max(settings.epochs - first_epoch, 0) * len(train_seq) - first_step
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
-                           start=first_step, metrics=metrics.loader("train")) as batches:
+                           start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
         pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
     if world.count > 1:
         _record_worker(settings.output_dir, world.index, train_seq, model)
