@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import av
 import decord
 import numpy as np
 from natsort import natsorted
@@ -19,11 +20,11 @@ from PIL import Image
 # FFmpeg's own messages would repeat, unattributed, what DecodeError reports per clip.
 decord.logging.set_level(decord.logging.QUIET)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DECODE_DEVICES = ("cpu", "gpu")
 
 
-SKIP_KINDS = ("missing", "empty", "no_video", "unreadable", "truncated", "decode_failed")  # metric label values
+SKIP_KINDS = ("missing", "empty", "no_video", "unreadable", "truncated", "decode_failed", "timeout")  # metric labels
 
 
 class DecodeError(RuntimeError):
@@ -78,11 +79,14 @@ def count_frames(path: str | os.PathLike, check_last: bool = True) -> int:
         files = frame_files(path)
         if not files:
             raise DecodeError(path, "frame folder holds no images", "empty")
-        if check_last:
-            _read_image(files[-1], None)
+        if check_last:  # every file's header (cheap), and the last frame whole
+            for file in files:
+                _in_folder(path, _check_header, file)
+            _in_folder(path, _read_image, files[-1], None)
         return len(files)
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file", "empty")
+    _sniff(path)
     reader = _open_video(path, None, "cpu")
     n = len(reader)
     if n < 1:
@@ -95,15 +99,55 @@ def count_frames(path: str | os.PathLike, check_last: bool = True) -> int:
     return n
 
 
+def _in_folder(folder: str, read, file: Path, *args):
+    """read(file, *args), with a failure reported against the clip (the folder), naming the frame."""
+    try:
+        return read(file, *args)
+    except DecodeError as exc:
+        raise DecodeError(folder, f"frame {file.name}: {exc.reason}", exc.kind) from exc
+
+
+def _check_header(file: Path) -> None:
+    try:
+        with Image.open(file):
+            pass
+    except (OSError, ValueError) as exc:
+        raise DecodeError(file, f"unreadable image ({exc})") from exc
+
+
+def _sniff(path: str) -> None:
+    """Open the container with PyAV first: a file FFmpeg cannot open would make decord print an
+    unattributed "ERROR opening" line from C++ (dmlc's logger, which no setting silences)."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError(path, "no video stream (audio-only?)", "no_video")
+    except av.FFmpegError as exc:
+        raise DecodeError(path, "not a readable video (invalid data or unknown format)") from exc
+
+
 def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:
     try:
         with Image.open(file) as img:
-            img = img.convert("RGB")
+            img = _to_rgb8(img)
             if size and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(img)
     except (OSError, ValueError) as exc:
         raise DecodeError(file, f"unreadable image ({exc})") from exc
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any mode. Pillow's convert("RGB") clips 16- and 32-bit grey (I;16, I) at 255,
+    so a mid-grey 16-bit PNG came out white: scale those to 8 bits instead. Palette, grey with
+    alpha, RGBA and CMYK (also Adobe's inverted CMYK JPEG) convert as Pillow does."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # Pillow opens 16-bit grey PNGs as I;16 or I
+        grey = np.rint(np.asarray(img, dtype=np.float64) * 255 / 65535).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "F":  # float images: taken as 0..1
+        grey = np.rint(np.asarray(img, dtype=np.float64) * 255).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return img.convert("RGB")
 
 
 def decode_clip(
@@ -121,7 +165,7 @@ def decode_clip(
         if not files:
             raise DecodeError(path, "frame folder holds no images")
         unique, inverse = _unique(sample(len(files)))
-        frames = np.stack([_read_image(files[i], size) for i in unique])
+        frames = np.stack([_in_folder(path, _read_image, files[i], size) for i in unique])
     else:
         frames, inverse = _decode_video(path, sample, size, device)
     return frames[inverse]

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from loader.decode import DecodeError, count_frames
+from loader.prefetch import call_with_timeout
 
+log = logging.getLogger("vidtrain")
 Item = tuple[str, int]  # (path, label index)
 
 
@@ -39,6 +42,7 @@ class Skipped:
     path: str
     reason: str
     kind: str  # one of loader.decode.SKIP_KINDS
+    label: int | None = None
 
 
 def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
@@ -69,15 +73,49 @@ def read_manifest(csv_path: str | os.PathLike) -> tuple[list[Item], list[str]]:
     """
     csv_path = Path(csv_path)
     rows = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.reader(f, delimiter=";"), start=1):
-            row = [cell.strip() for cell in row]
-            if not any(row) or (line == 1 and [c.lower() for c in row[:2]] == ["path", "label"]):
-                continue
-            rows.append((line, _parse_row(csv_path, line, row)))
+    for k, (line, row) in enumerate(_rows(csv_path)):
+        if k == 0 and [c.lower() for c in row[:2]] == ["path", "label"]:  # a header
+            continue
+        rows.append((line, _parse_row(csv_path, line, row)))
+    rows = _dedupe(csv_path, rows)
     class_names = _class_order(csv_path, rows)
     lookup = {name: i for i, name in enumerate(class_names)}
     return [(_resolve(csv_path, path), lookup[label]) for _, (path, label, _) in rows], class_names
+
+
+def read_paths(csv_path: str | os.PathLike) -> list[str]:
+    """The clip paths of a CSV whose first column is a path (a label column may follow or not),
+    resolved as in read_manifest; for predicting."""
+    csv_path = Path(csv_path)
+    paths = [row[0] for k, (_, row) in enumerate(_rows(csv_path)) if not (k == 0 and row[0].lower() == "path")]
+    return [_resolve(csv_path, path) for path in paths if path]
+
+
+def _rows(csv_path: Path):
+    """(line, stripped cells) of every non-empty row. utf-8-sig: spreadsheet "CSV UTF-8" exports
+    start with a byte-order mark, which would otherwise stick to the first cell."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        for line, row in enumerate(csv.reader(f, delimiter=";"), start=1):
+            row = [cell.strip() for cell in row]
+            if any(row):
+                yield line, row
+
+
+def _dedupe(csv_path: Path, rows: list) -> list:
+    """Drop repeated rows of one clip (with a warning); one clip under two labels is an error."""
+    first: dict[str, tuple[int, str]] = {}
+    kept = []
+    for line, (path, label, index) in rows:
+        key = _resolve(csv_path, path)
+        if key not in first:
+            first[key] = (line, label)
+            kept.append((line, (path, label, index)))
+        elif first[key][1] != label:
+            raise ManifestError(csv_path, line, f"{path} is labelled {label!r} here and {first[key][1]!r} on line "
+                                f"{first[key][0]}")
+        else:
+            log.warning("%s, line %d: %s repeats line %d; counted once", csv_path, line, path, first[key][0])
+    return kept
 
 
 def _parse_row(csv_path: Path, line: int, row: list[str]) -> tuple[str, str, int | None]:
@@ -121,36 +159,66 @@ def _resolve(csv_path: Path, path: str) -> str:
     return str(named if not beside.exists() and named.exists() else beside)
 
 
+class ProbeInterrupted(RuntimeError):
+    """The probe stopped early because `stop_when()` became true."""
+
+
 def probe(items: list[Item], workers: int = 4, cache_file: str | os.PathLike | None = None,
-          progress: bool = True) -> tuple[list[Item], list[Skipped]]:
+          progress: bool = True, timeout: float | None = None, stop_when=None) -> tuple[list[Item], list[Skipped]]:
     """Open every clip once (in parallel) and split items into usable and skipped.
 
     Input order is kept. A file that changed since the cached probe (size or
-    mtime) is probed again.
+    mtime) is probed again. A clip whose probe takes over `timeout` seconds is
+    skipped with kind "timeout". `stop_when()` is checked at least twice a
+    second; once true, pending probes are cancelled and ProbeInterrupted raised.
+    A cache file that cannot be written costs a warning.
     """
     cache = _load_cache(cache_file)
     keys = [_cache_key(path) for path, _ in items]
     todo = sorted({k for k in keys if k is not None and k not in cache})
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vidtrain-probe") as pool:
-        results = pool.map(_probe_one, [k.rsplit("|", 2)[0] for k in todo])
-        bar = tqdm(results, total=len(todo), desc="probing clips", unit="clip", disable=not progress,
-                   file=sys.stderr, mininterval=1.0)
-        cache.update(zip(todo, bar))
+    if todo:
+        cache.update(_probe_all(todo, workers, progress, timeout, stop_when))
     if cache_file is not None and todo:
-        _save_cache(cache_file, cache)
+        try:  # a timeout may pass (a busy disk): probe such a clip again next time
+            _save_cache(cache_file, {k: v for k, v in cache.items() if v.get("kind") != "timeout"})
+        except OSError as exc:
+            log.warning("probe cache %s cannot be written (%s): clips are probed again next time", cache_file,
+                        exc.strerror or exc)
     usable, skipped = [], []
     for (path, label), key in zip(items, keys):
         entry = {"error": "missing file", "kind": "missing"} if key is None else cache[key]
         if entry["error"]:
-            skipped.append(Skipped(path, entry["error"], entry["kind"]))
+            skipped.append(Skipped(path, entry["error"], entry["kind"], label))
         else:
             usable.append((path, label))
     return usable, skipped
 
 
-def _probe_one(path: str) -> dict:
+def _probe_all(keys: list[str], workers: int, progress: bool, timeout, stop_when) -> dict:
+    results = {}
+    bar = tqdm(total=len(keys), desc="probing clips", unit="clip", disable=not progress, file=sys.stderr,
+               mininterval=1.0)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vidtrain-probe")
     try:
-        return {"frames": count_frames(path, check_last=True), "error": None}
+        pending = {pool.submit(_probe_one, key.rsplit("|", 2)[0], timeout): key for key in keys}
+        while pending:
+            if stop_when is not None and stop_when():
+                raise ProbeInterrupted(f"probe stopped with {len(pending)} of {len(keys)} clips left")
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[pending.pop(future)] = future.result()
+            bar.update(len(done))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    return results
+
+
+def _probe_one(path: str, timeout: float | None = None) -> dict:
+    try:
+        return {"frames": call_with_timeout(count_frames, timeout, path, True), "error": None}
+    except TimeoutError:
+        return {"frames": 0, "error": f"probing took over {timeout:g} s (a hung decoder?)", "kind": "timeout"}
     except DecodeError as exc:
         return {"frames": 0, "error": exc.reason, "kind": exc.kind}
 

@@ -1,6 +1,6 @@
-"""Prefetch: worker threads build batches ahead of the training loop.
+"""Prefetch: worker threads build batches ahead of the training loop; and calls with a time limit.
 
-The only module of the loader that uses threads. One condition variable
+The loader's concurrency lives here (the frame cache keeps one lock for its byte count). One condition variable
 guards all shared state; workers hold it only to claim a batch number or to
 hand in a result, never while building a batch.
 
@@ -22,6 +22,32 @@ from loader.hooks import NullLoaderMetrics
 
 
 _END = object()  # no more batches: the epoch is over or the generator closed
+
+
+def call_with_timeout(fn, seconds: float | None, *args):
+    """fn(*args), waiting at most `seconds` (None: no limit); TimeoutError after that.
+
+    The call runs in a daemon thread of its own. A call that never returns (a decoder hung
+    inside FFmpeg, as decord #373 and #294 report) cannot be stopped from Python: its thread
+    is abandoned and the caller goes on."""
+    if seconds is None:
+        return fn(*args)
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="vidtrain-timed-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no result after {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 @dataclass

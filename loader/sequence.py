@@ -8,6 +8,7 @@ epoch on. The prefetch module owns all threading.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import keras
@@ -15,9 +16,11 @@ import numpy as np
 
 from loader.decode import DecodeError, decode_clip
 from loader.hooks import NullLoaderMetrics
+from loader.prefetch import call_with_timeout
 from loader.index import Item, Skipped
 from loader.sampling import SAMPLING_MODES, sample_indices
 
+log = logging.getLogger("vidtrain")
 ON_BAD_VIDEO = ("skip", "fail")
 MAX_REPLACEMENTS = 8  # clips tried in place of one that fails at decode time
 
@@ -35,13 +38,16 @@ class VideoSequence(keras.utils.PyDataset):
     usable clip (deterministically) and recorded in `failed`, or raises
     DecodeError with `on_bad_video="fail"`. With `cache` (a loader.FrameCache)
     every frame of a clip is decoded once and later epochs read the sampled
-    ones from it: the batches are byte-identical to uncached ones.
+    ones from it: the batches are byte-identical to uncached ones. A clip
+    whose decode takes longer than `decode_timeout` seconds (a hung decoder)
+    fails with kind "timeout" and is replaced like any other bad clip.
     """
 
     def __init__(self, items: Sequence[Item], batch_size: int, frames: int, size: tuple[int, int] = (112, 112),
                  shuffle: bool = False, seed: int = 0, sampling: str = "uniform", stride: int = 2,
                  flip_labels: Mapping[int, int] | None = None, on_bad_video: str = "skip", device: str = "cpu",
-                 shard: tuple[int, int] = (0, 1), metrics=None, cache=None, **pydataset_kwargs):
+                 shard: tuple[int, int] = (0, 1), metrics=None, cache=None, decode_timeout: float | None = None,
+                 **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
         self.items = list(items)[shard[0] :: shard[1]]
@@ -52,8 +58,9 @@ class VideoSequence(keras.utils.PyDataset):
         self.flip_labels = dict(flip_labels) if flip_labels is not None else None
         self.on_bad_video, self.device = on_bad_video, device
         self.metrics = metrics or NullLoaderMetrics()
-        self.cache = cache
+        self.cache, self.decode_timeout = cache, decode_timeout
         self.failed: dict[str, str] = {}  # path -> reason; written by worker threads (dict ops are atomic)
+        self._kinds: dict[str, str] = {}  # path -> skip kind (decode_failed, timeout)
         self.set_epoch(0)
 
     def __len__(self) -> int:
@@ -107,12 +114,21 @@ class VideoSequence(keras.utils.PyDataset):
         """Frames `sample(num_frames)` of the clip: through the cache when there is one."""
         if self.cache is not None:
             try:
-                every = self.cache.frames(path, self.size, lambda: decode_clip(path, np.arange, self.size, self.device))
-            except DecodeError:
+                every = self.cache.frames(path, self.size, lambda: self._timed_decode(path, np.arange))
+            except DecodeError as exc:
+                if exc.kind == "timeout":
+                    raise
                 every = None  # some frame is unreadable: try just the sampled ones, as without a cache
             if every is not None:
                 return np.asarray(every[sample(len(every))])
-        return decode_clip(path, sample, self.size, self.device)
+        return self._timed_decode(path, sample)
+
+    def _timed_decode(self, path: str, sample) -> np.ndarray:
+        try:
+            return call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size, self.device)
+        except TimeoutError:
+            raise DecodeError(path, f"decoding took over {self.decode_timeout:g} s (a hung decoder?)",
+                              "timeout") from None
 
     def _sampler(self, rng: np.random.Generator):
         return lambda num_frames: sample_indices(self.sampling, num_frames, self.frames, rng, self.stride)
@@ -125,12 +141,16 @@ class VideoSequence(keras.utils.PyDataset):
     def _record_failure(self, exc: DecodeError) -> None:
         if exc.path not in self.failed:
             self.failed[exc.path] = exc.reason
-            self.metrics.count_skip("decode_failed")
+            self._kinds[exc.path] = "timeout" if exc.kind == "timeout" else "decode_failed"
+            self.metrics.count_skip(self._kinds[exc.path])
+            log.warning("skipping %s: %s (failed while decoding; the next clip takes its place)", exc.path,
+                        exc.reason)
 
     @property
     def skipped(self) -> list[Skipped]:
         """Clips that failed at decode time and were replaced."""
-        return [Skipped(path, reason, "decode_failed") for path, reason in list(self.failed.items())]
+        return [Skipped(path, reason, self._kinds.get(path, "decode_failed"))
+                for path, reason in list(self.failed.items())]
 
 
 def flip_label_map(class_names: Sequence[str]) -> dict[int, int]:

@@ -139,3 +139,47 @@ def test_gpu_decode_fails_at_start_with_a_clear_message_or_works(make_video):
 def test_unknown_device_is_rejected(make_video):
     with pytest.raises(ValueError, match="decode device must be one of"):
         decode_frames(make_video("clip", gradient_frames(2)), [0], device="tpu")
+
+
+def _same_picture_in(mode_of, tmp_path):
+    """One picture saved in 8-bit RGB and as `mode_of(rgb) -> (PIL image, suffix)`; both decoded."""
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    rgb[:, :, 1] = rgb[:, :, 2] = rgb[:, :, 0]  # grey, so every mode can hold it
+    image, suffix = mode_of(rgb)
+    for name, img in (("a", Image.fromarray(rgb)), ("b", image)):
+        (tmp_path / name).mkdir()
+        img.save(tmp_path / name / f"0{suffix if name == 'b' else '.png'}")
+    return decode_frames(tmp_path / "a", [0]), decode_frames(tmp_path / "b", [0])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "P", "LA", "RGBA", "CMYK"])
+def test_frames_of_any_image_mode_decode_to_the_same_8_bit_picture(tmp_path, mode):
+    def convert(rgb):
+        grey = rgb[:, :, 0]
+        if mode in ("I;16", "I"):  # the same picture at 16 bits: v * 257 maps 0..255 onto 0..65535
+            image = Image.fromarray((grey.astype(np.uint16) * 257).astype(np.uint16 if mode == "I;16" else np.int32))
+            assert image.mode == mode
+            return image, ".png" if mode == "I;16" else ".tif"  # Pillow writes 32-bit grey as TIFF only
+        if mode == "CMYK":
+            return Image.fromarray(rgb).convert("CMYK"), ".jpg"
+        return Image.fromarray(grey).convert(mode), ".png"  # from grey: a palette holds it exactly
+
+    eight, other = _same_picture_in(convert, tmp_path)
+    tolerance = 2 if mode == "CMYK" else 1  # the CMYK file is a JPEG (lossy at quality 75)
+    assert other.shape == eight.shape and np.abs(other.astype(int) - eight.astype(int)).max() <= (
+        tolerance if mode != "CMYK" else 40)
+    assert abs(other.astype(float).mean() - eight.astype(float).mean()) <= tolerance
+
+
+def test_a_bad_frame_mid_folder_is_reported_against_the_clip(tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for k, frame in enumerate(gradient_frames(6)):
+        Image.fromarray(frame).save(folder / f"{k}.png")
+    (folder / "3.png").write_bytes(b"not a png")
+    with pytest.raises(DecodeError) as info:
+        count_frames(folder)  # the probe opens every frame's header, not just the last
+    assert info.value.path == str(folder) and "frame 3.png" in info.value.reason
+    with pytest.raises(DecodeError) as info:
+        decode_frames(folder, [2, 3])
+    assert info.value.path == str(folder) and "frame 3.png" in info.value.reason

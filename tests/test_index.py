@@ -44,14 +44,31 @@ def test_manifest_index_column_fixes_class_order_and_resolves_named_folder(tmp_p
     """The common gesture-recognition layout: train.csv rows name folders under train/."""
     (tmp_path / "train" / "WIN_1").mkdir(parents=True)
     (tmp_path / "train" / "WIN_2").mkdir(parents=True)
-    (tmp_path / "train.csv").write_text("WIN_1;Thumbs Up_new;3\nWIN_2;Left Swipe_new;0\nWIN_1;Stop_new;2\n")
+    (tmp_path / "train" / "WIN_3").mkdir(parents=True)
+    (tmp_path / "train.csv").write_text("WIN_1;Thumbs Up_new;3\nWIN_2;Left Swipe_new;0\nWIN_3;Stop_new;2\n")
     items, classes = read_manifest(tmp_path / "train.csv")
     assert classes == ["Left Swipe_new", "Stop_new", "Thumbs Up_new"]
     assert items == [
         (str(tmp_path / "train" / "WIN_1"), 2),
         (str(tmp_path / "train" / "WIN_2"), 0),
-        (str(tmp_path / "train" / "WIN_1"), 1),
+        (str(tmp_path / "train" / "WIN_3"), 1),
     ]
+
+
+@pytest.mark.parametrize("header", ["", "path;label\n", "Path;Label\n"])
+def test_a_spreadsheet_export_with_a_byte_order_mark_reads_like_plain_utf8(tmp_path, header):
+    (tmp_path / "m.csv").write_bytes(("\ufeff" + header + "a.mp4;stop\nb.mp4;swipe_left\n").encode("utf-8"))
+    items, classes = read_manifest(tmp_path / "m.csv")
+    assert classes == ["stop", "swipe_left"] and [p.rsplit("/", 1)[1] for p, _ in items] == ["a.mp4", "b.mp4"]
+
+
+def test_a_repeated_row_counts_once_and_one_clip_under_two_labels_names_both_lines(tmp_path, caplog):
+    (tmp_path / "m.csv").write_text("a.mp4;stop\nb.mp4;up\n./a.mp4;stop\n")
+    items, _ = read_manifest(tmp_path / "m.csv")
+    assert len(items) == 2 and "line 3: ./a.mp4 repeats line 1" in caplog.text
+    (tmp_path / "m.csv").write_text("a.mp4;stop\nb.mp4;up\na.mp4;up\n")
+    with pytest.raises(ManifestError, match=r"line 3: a.mp4 is labelled 'up' here and 'stop' on line 1"):
+        read_manifest(tmp_path / "m.csv")
 
 
 @pytest.mark.parametrize(
