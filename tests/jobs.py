@@ -1,12 +1,16 @@
-"""Helpers to run the real job as a subprocess, as docker/Kubernetes would."""
+"""Helpers to run the real job: as a subprocess, as docker/Kubernetes would, or in-process
+(`settings`, `job`), with faults injected through LoopEvents (`Recorder`)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from vidtrain.control import LoopEvents
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,3 +69,45 @@ def wait_for(predicate, timeout: float, interval: float = 0.2):
             return value
         time.sleep(interval)
     return None
+
+
+# -- in-process ----------------------------------------------------------------------------------
+def settings(data, out, **changes):
+    """Tiny-job Settings: 4 frames at 32x32, batch 4, one loader thread, 2 epochs."""
+    from vidtrain.settings import Settings
+
+    values = dict(data_dir=data, output_dir=out, cache_dir=out.parent / "cache", epochs=2, frames=4, height=32,
+                  width=32, batch_size=4, loader_workers=1, prefetch_batches=2, metrics_addr="127.0.0.1",
+                  metrics_port=free_port())
+    return Settings(**(values | changes))
+
+
+def job(s, events=None, progress=False):
+    """Run the job in this process: (exit code, its metrics registry)."""
+    from prometheus_client import CollectorRegistry
+
+    from vidtrain.job import run
+
+    registry = CollectorRegistry()
+    return run(s, progress=progress, registry=registry, events=events), registry
+
+
+def sigterm(_model=None):
+    os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to the real handler the job installed
+
+
+class Recorder(LoopEvents):
+    """Records every step's loss and clips; `at` maps an event ("step E.S", "val E.B") to an
+    action (a fault to inject), called with the model (None for validation)."""
+
+    def __init__(self, **at):
+        self.at, self.steps = at, []
+
+    def after_step(self, epoch, step, model, logs):
+        self.steps.append((epoch, step, logs["loss"], logs["clips"]))
+        if (action := self.at.get(f"step {epoch}.{step}")) is not None:
+            action(model)
+
+    def after_val_batch(self, epoch, batch):
+        if (action := self.at.get(f"val {epoch}.{batch}")) is not None:
+            action(None)

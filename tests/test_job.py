@@ -99,8 +99,9 @@ def test_evaluate_mode_scores_the_saved_model(trained, cache):
     out, _ = trained
     result = run_job(output_dir=out, cache_dir=cache, mode="evaluate", metrics_port=free_port(), **TINY)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "evaluation.json").read_text())
     assert report["mode"] == "evaluate" and sum(map(sum, report["confusion_matrix"])) == 10
+    assert json.loads((out / "report.json").read_text())["mode"] == "train"
 
 
 def test_predict_keeps_input_order_and_reports_bad_clips(trained, cache, tmp_path):

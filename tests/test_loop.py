@@ -3,20 +3,14 @@ refused resumes, and what each metric means. Faults are injected through LoopEve
 
 import json
 import logging
-import os
 import shutil
-import signal
 import time
 
 import numpy as np
 import pytest
-from jobs import free_port
-from prometheus_client import CollectorRegistry
+from jobs import Recorder, job, settings, sigterm
 
 from loader.demo import make_demo_dataset
-from vidtrain.control import LoopEvents
-from vidtrain.job import run
-from vidtrain.settings import Settings
 
 pytestmark = pytest.mark.slow
 # 10 train clips at batch 4: 3 steps an epoch (the last of 2 clips); 5 val clips: 2 val batches.
@@ -32,38 +26,6 @@ def info_logs(caplog):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("loop") / "demo", 2, 1, 0)
-
-
-def settings(data, out, **changes) -> Settings:
-    values = dict(data_dir=data, output_dir=out, cache_dir=out.parent / "cache", epochs=EPOCHS, frames=4, height=32,
-                  width=32, batch_size=4, loader_workers=1, prefetch_batches=2, metrics_addr="127.0.0.1",
-                  metrics_port=free_port())
-    return Settings(**(values | changes))
-
-
-class Recorder(LoopEvents):
-    """Records every step's loss and clips; `at` maps an event to an action (a fault to inject)."""
-
-    def __init__(self, **at):
-        self.at, self.steps = at, []
-
-    def after_step(self, epoch, step, model, logs):
-        self.steps.append((epoch, step, logs["loss"], logs["clips"]))
-        if (action := self.at.get(f"step {epoch}.{step}")) is not None:
-            action(model)
-
-    def after_val_batch(self, epoch, batch):
-        if (action := self.at.get(f"val {epoch}.{batch}")) is not None:
-            action(None)
-
-
-def sigterm(_model):
-    os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to the real handler the job installed
-
-
-def job(s: Settings, events=None) -> tuple[int, CollectorRegistry]:
-    registry = CollectorRegistry()
-    return run(s, progress=False, registry=registry, events=events), registry
 
 
 def outputs(out):

@@ -173,3 +173,17 @@ def test_pure_stages_and_models_import_nothing_they_should_not():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[] []"
+
+
+def test_an_empty_variable_means_unset_not_the_current_folder(monkeypatch, tmp_path):
+    from vidtrain.settings import load
+
+    monkeypatch.setenv("VIDTRAIN_DATA_DIR", "")
+    monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
+    assert load([]).data_dir is None
+
+
+def test_a_lower_case_typo_is_reported_not_ignored(main, monkeypatch):
+    monkeypatch.setenv("vidtrain_epoch", "3")
+    code, output = main()
+    assert code == 2 and "vidtrain_epoch: unknown setting" in output

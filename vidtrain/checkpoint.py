@@ -21,11 +21,14 @@ any moment leaves the previous checkpoint usable. The last KEEP model files stay
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -41,8 +44,18 @@ IDENTITY = ("worker_index", "tf_config")
 DATA_SETTINGS = "VIDTRAIN_DATA_DIR / VIDTRAIN_TRAIN_MANIFEST / VIDTRAIN_VAL_FRACTION"
 
 
+class OutputError(OSError):
+    """An output could not be written for lack of space (exit code 1: Kubernetes retries)."""
+
+
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def write_atomic(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename to `path` (same folder, so the rename is atomic)."""
+    """Call write(tmp_path), fsync, then rename to `path` (same folder, so the rename is atomic).
+    The file gets mode 0644 (mkstemp's 0600 would hide it from other users of a mounted volume).
+    Out of space, the temporary file is removed, `path` is left as it was, and OutputError says
+    which file and how much space is left."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
@@ -50,10 +63,26 @@ def write_atomic(path: Path, write) -> None:
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(exc):
+            free = shutil.disk_usage(path.parent).free
+            raise OutputError(f"cannot write {path}: no space left ({free / 2**20:.1f} MiB free in {path.parent}); "
+                              "the previous checkpoint is intact") from None
         raise
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """An ENOSPC (or quota, or file-size limit) error, also when a library wrapped it."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            return True
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -115,42 +144,84 @@ def check_resume(position: Position, current: dict, settings: Settings, folder: 
             log.info("resuming with %s changed: %r -> %r", env_name(key), before, now[key])
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint in the folder can be resumed from (exit code 2)."""
+
+
 class Checkpointer:
-    """Saves and finds checkpoints in `folder`. Called from the training thread of the chief."""
+    """Saves and finds checkpoints in `folder`. Called from the training thread of the chief.
+
+    Each checkpoint is a model file `ckpt-eEEEE-sSSSSSS.keras` with a record of its position
+    beside it (`.json`); `state.json` names the newest. The last KEEP stay, so a damaged
+    newest one (a truncated file, a corrupt state.json) falls back to the one before."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
     def save(self, model, position: Position) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"ckpt-e{position.epoch:04d}-s{position.step:06d}.keras"
-        write_atomic(self.folder / name, model.save)
-        self._write_state(replace(position, model_file=self.folder / name))
-        kept = sorted(self.folder.glob("ckpt-*.keras"), key=lambda p: p.stat().st_mtime)[:-KEEP]
-        for old in kept:
-            if old.name != name:
+        name = f"ckpt-e{position.epoch:04d}-s{position.step:06d}"
+        write_atomic(self.folder / f"{name}.keras", model.save)
+        position = replace(position, model_file=self.folder / f"{name}.keras")
+        write_json_atomic(self.folder / f"{name}.json", _record(position))
+        write_json_atomic(self.folder / STATE, _record(position))
+        for old in sorted(self.folder.glob("ckpt-*.keras"))[:-KEEP]:
+            if old.stem != name:
                 old.unlink(missing_ok=True)
-        return self.folder / name
+                old.with_suffix(".json").unlink(missing_ok=True)
+        return position.model_file
 
     def mark_finished(self) -> None:
         """Record that the final outputs of the position in state.json are written."""
         position = self.latest()
         if position is not None:
-            self._write_state(replace(position, finished=True))
+            write_json_atomic(self.folder / STATE, _record(replace(position, finished=True)))
 
-    def _write_state(self, position: Position) -> None:
-        state = asdict(position) | {"model": position.model_file.name}
-        del state["model_file"]
-        write_json_atomic(self.folder / STATE, state)
+    def remove_stale(self) -> None:
+        """Temporary files of a write that a kill interrupted (the chief, at start, before writing)."""
+        for stale in self.folder.glob(".*-*"):
+            if stale.is_file() and (stale.name.startswith(".ckpt-") or stale.name.startswith(".state-")):
+                log.info("removing %s, left by an interrupted write", stale)
+                stale.unlink(missing_ok=True)
 
     def latest(self) -> Position | None:
-        try:
-            state = json.loads((self.folder / STATE).read_text())
-        except FileNotFoundError:
+        """The newest checkpoint that loads: state.json's, else the newest record beside a complete
+        model file. Raises CheckpointError when checkpoints exist and none of them can be used."""
+        if not self.folder.is_dir():
             return None
-        model_file = self.folder / state.pop("model")
-        if not model_file.exists():
-            raise RuntimeError(f"{self.folder / STATE} names {model_file}, which is missing")
-        state["sums"] = tuple(state.get("sums", (0.0, 0.0, 0.0)))
-        known = {f for f in Position.__dataclass_fields__}
-        return Position(**{k: v for k, v in state.items() if k in known}, model_file=model_file)
+        candidates = [self.folder / STATE] + sorted(self.folder.glob("ckpt-*.json"), reverse=True)
+        problems = []
+        for record in candidates:
+            if not record.exists():
+                continue
+            try:
+                position = _load(record, self.folder)
+            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+                problems.append(f"{record.name}: {exc}")
+                continue
+            if problems:
+                log.warning("cannot resume from %s; resuming from %s instead", "; ".join(problems), record.name)
+            return position
+        if problems or list(self.folder.glob("ckpt-*.keras")):
+            raise CheckpointError(
+                f"no usable checkpoint in {self.folder} ({'; '.join(problems) or 'model files without records'}). "
+                f"To start fresh, set another VIDTRAIN_OUTPUT_DIR or remove {self.folder}.")
+        return None
+
+
+def _record(position: Position) -> dict:
+    state = asdict(position) | {"model": position.model_file.name}
+    del state["model_file"]
+    return state
+
+
+def _load(record: Path, folder: Path) -> Position:
+    """The position in `record`, after checking that its model file is a complete archive."""
+    state = json.loads(record.read_text())
+    model_file = folder / state.pop("model")
+    with zipfile.ZipFile(model_file) as archive:  # a truncated .keras file fails here, not mid-load
+        if (bad := archive.testzip()) is not None:
+            raise ValueError(f"{model_file.name} is damaged ({bad})")
+    state["sums"] = tuple(state.get("sums", (0.0, 0.0, 0.0)))
+    known = set(Position.__dataclass_fields__)
+    return Position(**{k: v for k, v in state.items() if k in known}, model_file=model_file)

@@ -9,11 +9,19 @@ import signal
 log = logging.getLogger("vidtrain")
 
 
+class Stopped(Exception):
+    """Raised by the signal handler while the job is still setting up (`StopRequest.immediate`)."""
+
+
 class StopRequest:
     """SIGTERM / SIGINT turned into a flag: set by the handler (main thread), read by the loop
-    (main thread). As a context manager it installs the handlers and restores the previous ones."""
+    (main thread). As a context manager it installs the handlers and restores the previous ones.
+
+    While `immediate` is true (setting up: probing, generating the demo set) there is nothing to
+    checkpoint, so the handler raises `Stopped` at once instead of waiting for a step."""
 
     signum: int | None = None
+    immediate: bool = False
 
     @property
     def requested(self) -> bool:
@@ -24,9 +32,12 @@ class StopRequest:
         SIGINT interrupts at once. Call again after anything that takes the signals over
         (creating a MultiWorkerMirroredStrategy replaces the SIGTERM handler)."""
         def handle(signum, frame):
-            log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
             self.signum = signum
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self.immediate:
+                log.warning("%s received while setting up: stopping now", signal.Signals(signum).name)
+                raise Stopped(signal.Signals(signum).name)
+            log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)

@@ -14,18 +14,19 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from loader import (DecodeError, ManifestError, VideoSequence, check_decode_device, find_videos, flip_label_map,
-                    probe, read_manifest)
+from loader import (DecodeError, ManifestError, ProbeInterrupted, VideoSequence, check_decode_device, find_videos,
+                    flip_label_map, probe, read_paths)
 from loader.decode import IMAGE_EXTENSIONS
 from vidtrain import report
-from vidtrain.checkpoint import Checkpointer, Position, ResumeMismatch, check_resume, fingerprint
-from vidtrain.control import Diverged, StopRequest
+from vidtrain.checkpoint import (CheckpointError, Checkpointer, OutputError, Position, ResumeMismatch, check_resume,
+                                 fingerprint)
+from vidtrain.control import Diverged, Stopped, StopRequest
 from vidtrain.data import NoDataError, Splits, assemble
 from vidtrain.metrics import JobMetrics, push_outcome, serve
-from vidtrain.settings import Settings
+from vidtrain.settings import Settings, env_name
 
 log = logging.getLogger("vidtrain")
-EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED = 0, 2, 3, 4
+EXIT_OK, EXIT_OUTPUT, EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED = 0, 1, 2, 3, 4
 CLASSES_FILE = "classes.json"
 
 
@@ -41,29 +42,71 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
                   settings.metrics_addr, settings.metrics_port, exc.strerror)
         return EXIT_CONFIG
     log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, settings.metrics_port)
+    stop = StopRequest()
     try:
-        if settings.mode == "train":
-            return train_mode(settings, metrics, progress, events)
-        return {"evaluate": evaluate_mode, "predict": predict_mode}[settings.mode](settings, metrics, progress)
+        with stop:
+            stop.immediate = True  # until training begins there is nothing to checkpoint: stop at once
+            check_memory(settings)
+            if settings.mode == "train":
+                return train_mode(settings, metrics, progress, stop, events)
+            return {"evaluate": evaluate_mode, "predict": predict_mode}[settings.mode](settings, metrics, progress)
+    except (Stopped, ProbeInterrupted):
+        log.info("stopped before training began")
+        return 128 + (stop.signum or signal.SIGTERM)
     except (NoDataError, DecodeError, ManifestError) as exc:
         log.error("no usable data: %s", exc)
         return EXIT_NO_DATA
-    except (ConfigProblem, ResumeMismatch) as exc:
+    except (ConfigProblem, ResumeMismatch, CheckpointError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     except Diverged as exc:
         log.error("%s", exc)
         return EXIT_DIVERGED
+    except OutputError as exc:  # disk full: Kubernetes retries (the exit code is not in podFailurePolicy)
+        log.error("%s", exc)
+        return EXIT_OUTPUT
     finally:
         server.shutdown()
+
+
+def check_memory(settings: Settings) -> None:
+    """Refuse (exit 2) a loader whose batches cannot fit: batch bytes x (depth + workers + 1) is what
+    the prefetcher may hold at once, and a decode that runs out of memory dies without a word."""
+    batch = settings.batch_size * settings.frames * settings.height * settings.width * 3
+    peak = batch * (settings.prefetch_batches + settings.loader_workers + 1)
+    available = available_memory()
+    if available is not None and peak > available:
+        raise ConfigProblem(
+            f"the loader would need about {peak / 2**30:.1f} GiB (batches of {batch / 2**30:.2f} GiB x "
+            f"(VIDTRAIN_PREFETCH_BATCHES={settings.prefetch_batches} + VIDTRAIN_LOADER_WORKERS="
+            f"{settings.loader_workers} + 1)), more than the {available / 2**30:.1f} GiB available: lower "
+            "VIDTRAIN_BATCH_SIZE, VIDTRAIN_FRAMES, VIDTRAIN_HEIGHT/WIDTH or VIDTRAIN_PREFETCH_BATCHES")
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still use: the smaller of MemAvailable and the cgroup's limit left."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:  # a container's limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 class ConfigProblem(RuntimeError):
     """A setting that validated but cannot work (exit code 2)."""
 
 
-def _prepare(settings: Settings, progress: bool) -> Splits:
-    splits = assemble(settings, progress)
+def _prepare(settings: Settings, progress: bool, stop: StopRequest | None = None) -> Splits:
+    splits = assemble(settings, progress, stop_when=(lambda: stop.requested) if stop else None)
     try:
         check_decode_device(settings.decode_device, splits.train[0][0])
     except RuntimeError as exc:
@@ -78,23 +121,21 @@ def _prepare(settings: Settings, progress: bool) -> Splits:
     return splits
 
 
-def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, events=None) -> int:
-    with StopRequest() as stop:
-        splits = _prepare(settings, progress)
-        for s in splits.skipped:
-            metrics.count_skip(s.kind)
-        workers = len(settings.cluster()["cluster"]["worker"]) if settings.distributed else 1
-        current = fingerprint(settings, workers, splits.class_names, splits.train)
-        checkpoints = settings.output_dir / "checkpoints"
-        resume = Checkpointer(checkpoints).latest()
-        if resume is not None:
-            check_resume(resume, current, settings, checkpoints)
-            if done := _already_done(settings, resume):
-                log.info("%s", done)
-                return EXIT_OK
-        if stop.requested:
-            return 128 + stop.signum
-        return _train(settings, splits, metrics, stop, resume, current, progress, events)
+def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: StopRequest, events=None) -> int:
+    splits = _prepare(settings, progress, stop)
+    for s in splits.skipped:
+        metrics.count_skip(s.kind)
+    workers = len(settings.cluster()["cluster"]["worker"]) if settings.distributed else 1
+    current = fingerprint(settings, workers, splits.class_names, splits.train)
+    checkpoints = settings.output_dir / "checkpoints"
+    resume = Checkpointer(checkpoints).latest()
+    if resume is not None:
+        check_resume(resume, current, settings, checkpoints)
+        if done := _already_done(settings, resume):
+            log.info("%s", done)
+            return EXIT_OK
+    stop.immediate = False  # from here a stop request ends the current step and checkpoints
+    return _train(settings, splits, metrics, stop, resume, current, progress, events)
 
 
 def _already_done(settings: Settings, resume: Position) -> str | None:
@@ -118,6 +159,7 @@ def _train(settings, splits, metrics, stop, resume, current, progress, events) -
     stop.install()  # creating a MultiWorkerMirroredStrategy takes SIGTERM over; take it back
     out = settings.output_dir
     if world.chief:
+        Checkpointer(out / "checkpoints").remove_stale()
         report.write_json_atomic(out / CLASSES_FILE, splits.class_names)
     outcome = train(settings, splits, metrics, stop, world, resume, current, progress, events)
     if outcome.stopped:
@@ -182,19 +224,27 @@ def _counts(splits: Splits) -> dict:
 
 
 def _load_model(settings: Settings):
+    """The trained model, its class names, and `settings` with the clip shape the model takes
+    (FRAMES, HEIGHT, WIDTH come from the model: other values would not fit it)."""
     import keras
 
     path = settings.output_dir / "model.keras"
     if not path.exists():
         raise ConfigProblem(f"VIDTRAIN_OUTPUT_DIR={settings.output_dir}: no model.keras to {settings.mode} "
                             "(train first, with the same output dir)")
-    return keras.models.load_model(path), report.read_json(settings.output_dir / CLASSES_FILE)
+    model = keras.models.load_model(path)
+    shape = dict(zip(("frames", "height", "width"), model.input_shape[1:4]))
+    for name, value in shape.items():
+        if getattr(settings, name) != value and name in settings.model_fields_set:
+            log.warning("%s=%s ignored: the model in %s takes %s=%d", env_name(name), getattr(settings, name), path,
+                        env_name(name), value)
+    return model, report.read_json(settings.output_dir / CLASSES_FILE), settings.model_copy(update=shape)
 
 
 def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int:
     from vidtrain.train import sequences
 
-    model, class_names = _load_model(settings)
+    model, class_names, settings = _load_model(settings)
     splits = _prepare(settings, progress)
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
@@ -217,7 +267,7 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
 def predict_inputs(path: Path) -> list[str]:
     """Clips named by PREDICT_INPUT, in input order: a clip, a frame folder, a folder of clips, a CSV."""
     if path.suffix.lower() == ".csv":
-        return [p for p, _ in read_manifest(path)[0]]
+        return read_paths(path)  # a label column may follow the path, or not
     if not path.is_dir():
         return [str(path)]
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
@@ -234,17 +284,20 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
 
     from loader import PrefetchGenerator
 
-    model, class_names = _load_model(settings)
+    model, class_names, settings = _load_model(settings)
     paths = predict_inputs(settings.predict_input)
+    if not paths:
+        raise NoDataError(f"VIDTRAIN_PREDICT_INPUT={settings.predict_input} names no clips")
     good, skipped = probe([(p, i) for i, p in enumerate(paths)], settings.loader_workers,
-                          settings.cache_dir / "probe.json", progress)
+                          settings.cache_dir / "probe.json", progress, timeout=settings.decode_timeout_s)
     rows = [{"path": p, "error": ""} for p in paths]
-    for s in skipped:
-        rows[paths.index(s.path)]["error"] = s.reason
+    for s in skipped:  # labels are input positions: a clip listed twice gets its error twice
+        rows[s.label]["error"] = s.reason
         metrics.count_skip(s.kind)
     if good:  # labels carry the input position, so results go back to their rows
         seq = VideoSequence(good, settings.batch_size, settings.frames, (settings.height, settings.width),
-                            on_bad_video="fail", device=settings.decode_device, metrics=metrics)
+                            on_bad_video="fail", device=settings.decode_device, metrics=metrics,
+                            decode_timeout=settings.decode_timeout_s)
         with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches,
                                metrics=metrics.loader("predict")) as gen:
             for x, positions in gen:

@@ -43,8 +43,12 @@ def write_history(out: Path, history: dict) -> None:
     write_json_atomic(out / "history.json", history)
 
 
+# One report file per mode: evaluating or predicting never overwrites what training wrote.
+REPORT_FILES = {"train": "report.json", "evaluate": "evaluation.json", "predict": "predict_report.json"}
+
+
 def write_report(out: Path, report: dict) -> None:
-    write_json_atomic(out / "report.json", report)
+    write_json_atomic(out / REPORT_FILES[report["mode"]], report)
 
 
 def plot_curves(out: Path, history: dict) -> None:

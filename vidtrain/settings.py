@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=PREFIX, frozen=True, extra="forbid", cli_kebab_case=True, cli_prog_name="vidtrain",
-        cli_implicit_flags=True,
+        cli_implicit_flags=True, env_ignore_empty=True,  # VIDTRAIN_DATA_DIR= means unset, not "."
     )
 
     # -- data ------------------------------------------------------------------------
@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     prefetch_batches: int = Field(4, ge=1, le=256, description="batches decoded ahead (memory bound)")
     decode_device: Literal["cpu", "gpu"] = Field("cpu", description="decord decode device")
     on_bad_video: Literal["skip", "fail"] = Field("skip", description="skip and report, or stop with exit 3")
+    decode_timeout_s: float = Field(60, gt=0, le=86400, description="a clip whose decode takes longer is skipped")
     # -- metrics ---------------------------------------------------------------------
     metrics_port: int = Field(8000, ge=1, le=65535, description="Prometheus /metrics port")
     metrics_addr: IPvAnyAddress = Field(IPv4Address("0.0.0.0"), description="metrics bind address")
@@ -154,8 +155,9 @@ class ConfigError(ValueError):
 
 def load(argv: list[str] | None = None) -> Settings:
     """Settings from the environment and `argv` (CLI flags win). Raises ConfigError."""
+    # Case-insensitive, as the settings themselves are: vidtrain_epoch=3 is a typo to report, not to ignore.
     unknown = sorted(k for k in os.environ
-                     if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in Settings.model_fields)
+                     if k.upper().startswith(PREFIX) and k[len(PREFIX):].lower() not in Settings.model_fields)
     if unknown:
         raise ConfigError([f"{k}: unknown setting (allowed: {', '.join(map(env_name, Settings.model_fields))})"
                            for k in unknown])

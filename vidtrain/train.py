@@ -103,7 +103,8 @@ def sequences(settings: Settings, splits: Splits, metrics: JobMetrics,
     cache = FrameCache(settings.cache_dir / "frames", int(settings.frame_cache_gb * 1e9), metrics) \
         if settings.frame_cache_gb > 0 else None
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
-                  on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics, cache=cache)
+                  on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics, cache=cache,
+                  decode_timeout=settings.decode_timeout_s)
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
                           flip_labels=flips, shard=shard, **common)
@@ -226,6 +227,8 @@ class _Loop:
             pos, halted = self._train_epoch(pos, batches, train_seq, bar)
             self.ops.sync_statistics()
             if halted:  # agreed by every worker at the same step (also at the epoch's last one)
+                if bar is not None:
+                    bar.update(pos.step, finalize=True)  # the line ends where the epoch stopped
                 self._save(pos)
                 return pos, True
             val = self._validate(pos.epoch, val_seq) if self.world.chief else None
