@@ -1,5 +1,6 @@
 """Fixtures: small real encoded videos, made here with PyAV (no mocks of decord)."""
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
@@ -22,6 +23,18 @@ CODECS = {  # name -> (suffix, codec, pix_fmt)
 def demo_root(tmp_path_factory):
     """A small demo dataset: 5 classes, 4 train and 2 val clips each."""
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", train_per_class=4, val_per_class=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The demo classes with 2 train and 1 val clip each: the in-process job tests' data."""
+    return make_demo_dataset(tmp_path_factory.mktemp("tiny") / "demo", train_per_class=2, val_per_class=1, seed=0)
+
+
+@pytest.fixture
+def info_logs(caplog):
+    """The job's INFO lines in caplog (it logs to the 'vidtrain' logger)."""
+    caplog.set_level(logging.INFO, logger="vidtrain")
 
 
 @pytest.fixture

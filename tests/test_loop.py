@@ -2,7 +2,6 @@
 refused resumes, and what each metric means. Faults are injected through LoopEvents, never timed."""
 
 import json
-import logging
 import shutil
 import time
 
@@ -10,22 +9,16 @@ import numpy as np
 import pytest
 from jobs import Recorder, job, settings, sigterm
 
-from loader.demo import make_demo_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("info_logs")]
 # 10 train clips at batch 4: 3 steps an epoch (the last of 2 clips); 5 val clips: 2 val batches.
 STEPS, VAL_BATCHES, EPOCHS = 3, 2, 2
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-@pytest.fixture(autouse=True)
-def info_logs(caplog):
-    caplog.set_level(logging.INFO, logger="vidtrain")
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("loop") / "demo", 2, 1, 0)
+def data(tiny_demo):
+    return tiny_demo
 
 
 def outputs(out):

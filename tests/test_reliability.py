@@ -18,20 +18,15 @@ from jobs import ROOT, Recorder, free_port, job, job_env, settings, sigterm
 from PIL import Image
 
 from loader import PrefetchGenerator, VideoSequence, find_videos, probe
-from loader.demo import make_demo_dataset, render_clip
+from loader.demo import render_clip
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("info_logs")]
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-@pytest.fixture(autouse=True)
-def info_logs(caplog):
-    caplog.set_level(logging.INFO, logger="vidtrain")
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("rel") / "demo", 2, 1, 0)
+def data(tiny_demo):
+    return tiny_demo
 
 
 @pytest.fixture(scope="module")
