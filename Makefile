@@ -32,6 +32,7 @@ test: $(STAMP) tools lint
 
 bench: $(STAMP)
 	$(PY) -m bench.loader_bench
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.train_bench
 
 clean:
 	rm -rf $(VENV) .cache output .pytest_cache
