@@ -233,11 +233,12 @@ def test_probing_a_hung_clip_times_out_and_a_stop_ends_probing_at_once(data, mon
     import loader.index
 
     items, _ = find_videos(data / "train")
-    release, stop = threading.Event(), threading.Event()
+    release, hanging, stop = threading.Event(), threading.Event(), threading.Event()
     count = loader.index.count_frames
 
     def hangs_on_the_first(path, check_last=True):
         if path == items[0][0]:
+            hanging.set()
             release.wait()
         return count(path, check_last)
 
@@ -245,11 +246,17 @@ def test_probing_a_hung_clip_times_out_and_a_stop_ends_probing_at_once(data, mon
     try:
         usable, skipped = probe(items, workers=2, progress=False, timeout=0.5)
         assert [(s.path, s.kind) for s in skipped] == [(items[0][0], "timeout")] and len(usable) == len(items) - 1
-        threading.Timer(0.2, stop.set).start()  # a stop request arrives while a probe hangs
+
+        def stop_once_hanging():  # the stop request arrives while a probe hangs
+            if hanging.is_set():
+                stop.set()
+            return stop.is_set()
+
+        hanging.clear()
         started = time.monotonic()
         with pytest.raises(loader.index.ProbeInterrupted):
-            probe(items, workers=2, progress=False, stop_when=stop.is_set)
-        assert time.monotonic() - started < 2
+            probe(items, workers=2, progress=False, stop_when=stop_once_hanging)
+        assert time.monotonic() - started < 2 and stop.is_set()
     finally:
         release.set()
 
