@@ -58,7 +58,8 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_path):
     """Kubernetes may signal one pod (an eviction): the stop is agreed over all-reduce, so
-    both stop at the same step (exit 143), the chief checkpoints, and a restart finishes."""
+    both stop at the same step (exit 143), the chief checkpoints, and a restart finishes with
+    the history and weights of an uninterrupted run."""
     import subprocess
     import sys
     import signal
@@ -67,10 +68,10 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
     make_demo_dataset(cache / "demo", 5, 2, 0)  # shards 13 / 12 clips: 7 steps an epoch at batch 2
     grpc_port, ports = free_port(), [free_port(), free_port()]
 
-    def start():
+    def start(output=out):
         procs = []
         for index in range(2):
-            env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=ports[index], output_dir=out,
+            env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=ports[index], output_dir=output,
                           cache_dir=cache, epochs=6, frames=16, height=64, width=64, batch_size=2,
                           demo_clips_per_class=5)
             env["JOB_COMPLETION_INDEX"] = str(index)
@@ -108,3 +109,20 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
     assert report["throughput"]["clips_trained"] == 25 * 6 - (25 * state["epoch"] + state["clips"])
     records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
+
+    reference = start(tmp_path / "uninterrupted")
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in reference]
+    finally:
+        for p in reference:
+            p.kill()
+    assert [p.returncode for p in reference] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    import keras
+    import numpy as np
+
+    resumed, whole = (json.loads((o / "history.json").read_text()) for o in (out, tmp_path / "uninterrupted"))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5), key
+    models = [keras.models.load_model(o / "model.keras") for o in (out, tmp_path / "uninterrupted")]
+    for a, b in zip(models[0].weights, models[1].weights, strict=True):
+        assert np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5), a.path
