@@ -1,8 +1,9 @@
 """One job run: train, evaluate or predict, with metrics served throughout.
 
-Exit codes (DESIGN.md): 0 done, 2 invalid configuration (also a resume whose
-order-fixing settings differ from the checkpoint's), 3 no usable data,
-4 training diverged, 143 stopped by SIGTERM after a checkpoint (130 for SIGINT).
+Exit codes (DESIGN.md): 0 done, 1 an output could not be written (disk full:
+Kubernetes retries), 2 invalid configuration (also a resume whose order-fixing
+settings differ from the checkpoint's), 3 no usable data, 4 training diverged,
+143 stopped by SIGTERM after a checkpoint (130 for SIGINT).
 """
 
 from __future__ import annotations
