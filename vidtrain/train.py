@@ -198,7 +198,7 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
     first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
     train_seq.set_epoch(first_epoch)
-    remaining = max(settings.epochs - first_epoch, 0) * len(train_seq) - first_step
+    remaining = max((settings.epochs - first_epoch) * len(train_seq) - first_step, 0)
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
                            start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
         pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
