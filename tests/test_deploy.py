@@ -91,6 +91,28 @@ def test_job_pod_security_resources_and_volumes(job):
     assert settings["VIDTRAIN_DATA_DIR"] == "/data" and settings["VIDTRAIN_OUTPUT_DIR"] == "/output"
 
 
+GIB = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def quantity(text: str) -> float:
+    """Bytes of a Kubernetes quantity ('20Gi', '512M')."""
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text)).groups()
+    return float(number) * GIB.get(unit, 1)
+
+
+def test_the_frame_cache_fits_its_volume(job):
+    """The kubelet evicts a pod whose emptyDir outgrows its sizeLimit: the frame cache's bound
+    (the ConfigMap's, or the setting's default) must leave room in the /cache volume."""
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    settings = find("ConfigMap", container["envFrom"][0]["configMapRef"]["name"])[0]["data"]
+    cache = volumes[mounts[settings["VIDTRAIN_CACHE_DIR"]]["name"]]["emptyDir"]
+    bound = float(settings.get("VIDTRAIN_FRAME_CACHE_GB", Settings.model_fields["frame_cache_gb"].default)) * 1e9
+    assert bound + 2 * 2**30 <= quantity(cache["sizeLimit"])  # 2 GiB for the probe cache and the demo set
+
+
 def test_metrics_port_is_named_annotated_and_monitored(job):
     template = job["spec"]["template"]
     ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
