@@ -129,10 +129,6 @@ class FrameCache:
         except OSError:
             return 0
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
 
 def clip_key(path: str | os.PathLike, size: tuple[int, int]) -> list:
     """(path, bytes, mtime_ns, height, width); a frame folder counts its images' total size and newest mtime."""

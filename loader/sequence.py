@@ -35,7 +35,7 @@ class VideoSequence(keras.utils.PyDataset):
     `flip_label_map`); None turns it off. `shard=(index, count)` keeps every
     count-th clip, so the shards of all workers are disjoint and cover all.
     A clip that fails to decode despite the probe is replaced by the next
-    usable clip (deterministically) and recorded in `failed`, or raises
+    usable clip (deterministically) and listed in `skipped`, or raises
     DecodeError with `on_bad_video="fail"`. With `cache` (a loader.FrameCache)
     every frame of a clip is decoded once and later epochs read the sampled
     ones from it: the batches are byte-identical to uncached ones. A clip
@@ -59,8 +59,7 @@ class VideoSequence(keras.utils.PyDataset):
         self.on_bad_video, self.device = on_bad_video, device
         self.metrics = metrics or NullLoaderMetrics()
         self.cache, self.decode_timeout = cache, decode_timeout
-        self.failed: dict[str, str] = {}  # path -> reason; written by worker threads (dict ops are atomic)
-        self._kinds: dict[str, str] = {}  # path -> skip kind (decode_failed, timeout)
+        self._failed: dict[str, Skipped] = {}  # path -> why; written by worker threads (dict ops are atomic)
         self.set_epoch(0)
 
     def __len__(self) -> int:
@@ -98,7 +97,7 @@ class VideoSequence(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, clip])
         for attempt in range(MAX_REPLACEMENTS + 1):
             path, label = self.items[(clip + attempt) % len(self.items)]
-            if path in self.failed:
+            if path in self._failed:
                 continue
             try:
                 frames = self._decode(path, self._sampler(rng))
@@ -139,18 +138,17 @@ class VideoSequence(keras.utils.PyDataset):
         return frames, label
 
     def _record_failure(self, exc: DecodeError) -> None:
-        if exc.path not in self.failed:
-            self.failed[exc.path] = exc.reason
-            self._kinds[exc.path] = "timeout" if exc.kind == "timeout" else "decode_failed"
-            self.metrics.count_skip(self._kinds[exc.path])
+        if exc.path not in self._failed:
+            kind = "timeout" if exc.kind == "timeout" else "decode_failed"
+            self._failed[exc.path] = Skipped(exc.path, exc.reason, kind)
+            self.metrics.count_skip(kind)
             log.warning("skipping %s: %s (failed while decoding; the next clip takes its place)", exc.path,
                         exc.reason)
 
     @property
     def skipped(self) -> list[Skipped]:
         """Clips that failed at decode time and were replaced."""
-        return [Skipped(path, reason, self._kinds.get(path, "decode_failed"))
-                for path, reason in list(self.failed.items())]
+        return list(self._failed.values())
 
 
 def flip_label_map(class_names: Sequence[str]) -> dict[int, int]:

@@ -11,6 +11,16 @@ from loader.demo import make_demo_dataset
 pytestmark = pytest.mark.slow
 
 
+def finish(procs, codes, timeout=300):
+    """Wait for the worker processes (killing any left), then check their exit codes."""
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == codes, "\n".join(o[-2000:] for o in outputs)
+
+
 def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
     import subprocess
     import sys
@@ -32,11 +42,11 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
             assert wait_for(lambda port=port: (sample(scrape(port) or "", "vidtrain_batches_total", split="train")
                                                or 0) > 0,
                             timeout=180, interval=0.05), f"no training batches on worker metrics port {port}"
-        outputs = [w.communicate(timeout=300)[0] for w in workers]
-    finally:
+    except BaseException:
         for w in workers:
             w.kill()
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+        raise
+    finish(workers, [0, 0])
 
     records = [json.loads((tmp_path / f"out{i}" / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
@@ -84,22 +94,16 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
         assert wait_for(lambda: (sample(scrape(ports[1]) or "", "vidtrain_batches_total", split="train")
                                  or 0) >= 9, timeout=180, interval=0.05), "workers did not reach epoch 2"
         first[1].send_signal(signal.SIGTERM)  # only worker 1
-        outputs = [p.communicate(timeout=120)[0] for p in first]
-    finally:
+    except BaseException:
         for p in first:
             p.kill()
-    assert [p.returncode for p in first] == [143, 143], "\n".join(o[-2000:] for o in outputs)
+        raise
+    finish(first, [143, 143], timeout=120)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epoch"] < 6 and (state["epoch"], state["step"]) != (0, 0)
     assert {len(v) for v in state["history"].values()} == {state["epoch"]}  # completed epochs only
 
-    second = start()
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in second]
-    finally:
-        for p in second:
-            p.kill()
-    assert [p.returncode for p in second] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    finish(start(), [0, 0])
     report = json.loads((out / "report.json").read_text())
     assert report["resumed_from"] == {k: state[k] for k in ("epoch", "step", "clips")}
     assert report["epochs_completed"] == 6
@@ -110,13 +114,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
     records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
 
-    reference = start(tmp_path / "uninterrupted")
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in reference]
-    finally:
-        for p in reference:
-            p.kill()
-    assert [p.returncode for p in reference] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    finish(start(tmp_path / "uninterrupted"), [0, 0])
     import keras
     import numpy as np
 

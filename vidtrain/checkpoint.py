@@ -179,8 +179,8 @@ class Checkpointer:
 
     def remove_stale(self) -> None:
         """Temporary files of a write that a kill interrupted (the chief, at start, before writing)."""
-        for stale in self.folder.glob(".*-*"):
-            if stale.is_file() and (stale.name.startswith(".ckpt-") or stale.name.startswith(".state-")):
+        for pattern in (".ckpt-*", ".state-*"):  # write_atomic's temporary names
+            for stale in self.folder.glob(pattern):
                 log.info("removing %s, left by an interrupted write", stale)
                 stale.unlink(missing_ok=True)
 

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import keras
 import numpy as np
@@ -192,7 +192,7 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     with world.strategy.scope():
         model = _restore(resume) if resume else new_model(settings, len(splits.class_names))
     ops = _Ops(world, model)
-    pos = resume or Position(fingerprint=fingerprint)
+    pos = resume or Position()
     loop = _Loop(settings, metrics, stop, world, model, ops, events, steps, len(splits.train), fingerprint)
     began = time.perf_counter()
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
@@ -264,8 +264,7 @@ class _Loop:
             if bar is not None:
                 bar.update(step, [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])])
         clips_done = clips_after(step, self.clips, self.settings.batch_size, self.world.count)
-        return Position(pos.epoch, step, clips_done, tuple(float(s) for s in sums), pos.history, pos.rng,
-                        self.fingerprint, pos.settings), halted
+        return replace(pos, step=step, clips=clips_done, sums=tuple(float(s) for s in sums)), halted
 
     def _validate(self, epoch: int, val_seq) -> dict | None:
         """The chief's validation of the epoch; None when a stop request cut it short."""
@@ -292,17 +291,18 @@ class _Loop:
         if bar is not None:
             bar.update(self.steps, list(logs.items()), finalize=True)
         log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-        pos = Position(epoch, 0, 0, (0.0, 0.0, 0.0), history, pos.rng, self.fingerprint, pos.settings)
+        pos = Position(epoch=epoch, history=history)
         self._save(pos)
         if self.world.chief:
             report.write_history(self.settings.output_dir, history)
         return pos
 
     def _save(self, pos: Position) -> None:
+        """Checkpoint `pos` (the chief), with what makes it meaningful: random states, fingerprint, settings."""
         if self.world.chief:
             rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
-            self.checkpointer.save(self.model, Position(pos.epoch, pos.step, pos.clips, pos.sums, pos.history, rng,
-                                                        self.fingerprint, self.settings.redacted()))
+            self.checkpointer.save(self.model, replace(pos, rng=rng, fingerprint=self.fingerprint,
+                                                       settings=self.settings.redacted()))
             log.info("checkpoint: epoch %d, step %d/%d", pos.epoch, pos.step, self.steps)
 
 
