@@ -18,6 +18,7 @@ def main(argv: list[str]) -> int:
         return 2
     user_onednn = "TF_ENABLE_ONEDNN_OPTS" in os.environ
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # under MultiWorkerMirroredStrategy: lines per step
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its C++ chatter down
     onednn = os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # TF leaves it off on CPUs without AVX-512 VNNI
     logging.getLogger("vidtrain").info("TF_ENABLE_ONEDNN_OPTS=%s (%s)", onednn,
