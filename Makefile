@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench tools clean
+.PHONY: run test lint bench tools image image-test clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ lint: $(STAMP)
 
 test: $(STAMP) tools lint
 	$(PY) -m pytest
+
+# The CPU image from the unmodified Dockerfile, built with podman (no Docker engine or image
+# registry here: image/build.sh installs podman and makes a local base once per machine).
+image:
+	bash image/build.sh
+
+# The image run for real: as `docker run` users run it, and the k8s/ Jobs under `podman kube play`.
+image-test: $(STAMP) tools image
+	$(PY) -m pytest -m image -s
 
 bench: $(STAMP)
 	$(PY) -m bench.loader_bench
