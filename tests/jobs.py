@@ -1,12 +1,16 @@
 """Helpers to run the real job: as a subprocess, as docker/Kubernetes would, or in-process
 (`settings`, `job`), with faults injected through LoopEvents (`Recorder`)."""
 
+import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -69,6 +73,49 @@ def wait_for(predicate, timeout: float, interval: float = 0.2):
             return value
         time.sleep(interval)
     return None
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} not found: `make test` installs Debian's prometheus package (see Makefile: tools)"
+    return path
+
+
+@contextlib.contextmanager
+def prometheus_server(tmp_path: Path, target: str):
+    """A real Prometheus scraping `target` (host:port) every second; yields a PromQL query function."""
+    web_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: vidtrain\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    server = subprocess.Popen(
+        [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{web_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(promql: str) -> list:
+        url = f"http://127.0.0.1:{web_port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.loads(r.read())["data"]["result"]
+        except OSError:
+            return []
+
+    def ready():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{web_port}/-/ready", timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        assert wait_for(ready, timeout=60), "prometheus did not start"
+        yield query
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # -- in-process ----------------------------------------------------------------------------------

@@ -1,58 +1,21 @@
 """A real Prometheus server scrapes a real running job; promtool lints the exposition."""
 
-import json
-import shutil
 import subprocess
-import urllib.parse
-import urllib.request
 
 import pytest
-from jobs import free_port, sample, scrape, start_job, wait_for
+from jobs import free_port, prometheus_server, sample, scrape, start_job, tool, wait_for
 
 from loader.demo import make_demo_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} not found: `make test` installs Debian's prometheus package (see Makefile: tools)"
-    return path
-
-
 @pytest.fixture
 def prometheus(tmp_path):
     """Prometheus scraping 127.0.0.1:<job port> every second; yields (job port, query function)."""
-    job_port, web_port = free_port(), free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: vidtrain\n    static_configs: [{{targets: ['127.0.0.1:{job_port}']}}]\n"
-    )
-    server = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{web_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def query(promql: str) -> list:
-        url = f"http://127.0.0.1:{web_port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return json.loads(r.read())["data"]["result"]
-        except OSError:
-            return []
-
-    def ready():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{web_port}/-/ready", timeout=1).status == 200
-        except OSError:
-            return False
-
-    assert wait_for(ready, timeout=60), "prometheus did not start"
-    yield job_port, query
-    server.terminate()
-    server.wait(timeout=30)
+    job_port = free_port()
+    with prometheus_server(tmp_path, f"127.0.0.1:{job_port}") as query:
+        yield job_port, query
 
 
 def test_prometheus_scrapes_the_running_job(prometheus, tmp_path):
