@@ -63,24 +63,48 @@ def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
     return items, class_names
 
 
-def read_manifest(csv_path: str | os.PathLike) -> tuple[list[Item], list[str]]:
-    """Items of a `path;label` or `path;label;index` manifest.
+def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | None = None,
+                  ) -> tuple[list[Item], list[str]]:
+    """Items of an annotation file, its format recognised from the file (see loader.datasets):
+    a `path;label` or `path;label;index` manifest, or a public dataset's own list (UCF101/HMDB51
+    split lists, Something-Something-v2 JSON, Kinetics CSV, Jester CSV, MMAction2 lists).
 
-    With an index column the indices fix the class order; otherwise classes are
-    sorted by name. A relative path resolves against the manifest's folder, or,
-    when not found there, against the folder named like the manifest
-    (`train.csv` -> `train/`). A first row `path;label` is taken as a header.
+    Classes follow the dataset's index file where it has one (the index column of a manifest,
+    classInd.txt, the SSv2 or Jester labels file); otherwise they are sorted by name. Clips
+    live under `video_root` when given; otherwise a relative path resolves against the
+    manifest's folder or, when not found there, the folder named like the manifest
+    (`train.csv` -> `train/`). A first row `path;label` is taken as a header. A clip listed
+    twice counts once; under two labels it is an error naming both lines.
     """
-    csv_path = Path(csv_path)
+    from loader import datasets
+
+    path, root = Path(csv_path), Path(video_root) if video_root is not None else None
+    kind = datasets.detect(path)
+    if kind in ("csv", "jester"):
+        rows, order = _csv(path, root)
+        order = datasets.jester_order(path) if kind == "jester" else order
+    elif kind.startswith("mmaction2"):
+        rows, order = datasets.mmaction2(path, root, rawframes=kind.endswith("rawframes"))
+    else:
+        rows, order = getattr(datasets, kind)(path, root)
+    rows = _dedupe(path, rows)
+    class_names = order if order is not None else sorted({name for _, _, name in rows})
+    lookup = {name: i for i, name in enumerate(class_names)}
+    for line, _, name in rows:
+        if name not in lookup:
+            raise ManifestError(path, line, f"class {name!r} is not in the dataset's class list")
+    log.info("%s: read as %s: %d clips, %d classes", path, datasets.NAMES[kind], len(rows), len(class_names))
+    return [(clip, lookup[name]) for _, clip, name in rows], class_names
+
+
+def _csv(csv_path: Path, root: Path | None) -> tuple[list[tuple[int, str, str]], list[str]]:
     rows = []
     for k, (line, row) in enumerate(_rows(csv_path)):
         if k == 0 and [c.lower() for c in row[:2]] == ["path", "label"]:  # a header
             continue
         rows.append((line, _parse_row(csv_path, line, row)))
-    rows = _dedupe(csv_path, rows)
-    class_names = _class_order(csv_path, rows)
-    lookup = {name: i for i, name in enumerate(class_names)}
-    return [(_resolve(csv_path, path), lookup[label]) for _, (path, label, _) in rows], class_names
+    order = _class_order(csv_path, rows)
+    return [(line, resolve(csv_path, clip, root), label) for line, (clip, label, _) in rows], order
 
 
 def read_paths(csv_path: str | os.PathLike) -> list[str]:
@@ -88,7 +112,7 @@ def read_paths(csv_path: str | os.PathLike) -> list[str]:
     resolved as in read_manifest; for predicting."""
     csv_path = Path(csv_path)
     paths = [row[0] for k, (_, row) in enumerate(_rows(csv_path)) if not (k == 0 and row[0].lower() == "path")]
-    return [_resolve(csv_path, path) for path in paths if path]
+    return [resolve(csv_path, path) for path in paths if path]
 
 
 def _rows(csv_path: Path):
@@ -101,20 +125,19 @@ def _rows(csv_path: Path):
                 yield line, row
 
 
-def _dedupe(csv_path: Path, rows: list) -> list:
+def _dedupe(manifest: Path, rows: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
     """Drop repeated rows of one clip (with a warning); one clip under two labels is an error."""
     first: dict[str, tuple[int, str]] = {}
     kept = []
-    for line, (path, label, index) in rows:
-        key = _resolve(csv_path, path)
-        if key not in first:
-            first[key] = (line, label)
-            kept.append((line, (path, label, index)))
-        elif first[key][1] != label:
-            raise ManifestError(csv_path, line, f"{path} is labelled {label!r} here and {first[key][1]!r} on line "
-                                f"{first[key][0]}")
+    for line, clip, label in rows:
+        if clip not in first:
+            first[clip] = (line, label)
+            kept.append((line, clip, label))
+        elif first[clip][1] != label:
+            raise ManifestError(manifest, line, f"{clip} is labelled {label!r} here and {first[clip][1]!r} on line "
+                                f"{first[clip][0]}")
         else:
-            log.warning("%s, line %d: %s repeats line %d; counted once", csv_path, line, path, first[key][0])
+            log.warning("%s, line %d: %s repeats line %d; counted once", manifest, line, clip, first[clip][0])
     return kept
 
 
@@ -150,12 +173,16 @@ def _class_order(csv_path: Path, rows: list[tuple[int, tuple[str, str, int | Non
     return [label_of[i] for i in sorted(label_of)]
 
 
-def _resolve(csv_path: Path, path: str) -> str:
+def resolve(manifest: Path, path: str, root: Path | None = None) -> str:
+    """A manifest's clip path: absolute as given; else under `root` (VIDEO_ROOT) when given; else
+    beside the manifest, or in the folder named like it when only found there."""
     p = Path(path)
     if p.is_absolute():
         return str(p)
-    beside = csv_path.parent / p
-    named = csv_path.parent / csv_path.stem / p
+    if root is not None:
+        return str(root / p)
+    beside = manifest.parent / p
+    named = manifest.parent / manifest.stem / p
     return str(named if not beside.exists() and named.exists() else beside)
 
 

@@ -77,9 +77,10 @@ def _check_every_class(splits: Splits, bad: dict[str, list[Skipped]], names: tup
 def _index(settings: Settings) -> Splits:
     """Items of the configured data; `val` is None when it is to be held out of `train`."""
     if settings.train_manifest:
-        train, names = read_manifest(settings.train_manifest)
+        train, names = read_manifest(settings.train_manifest, settings.video_root)
         source = str(settings.train_manifest)
-        val = _relabel(*read_manifest(settings.val_manifest), names) if settings.val_manifest else None
+        val = _relabel(*read_manifest(settings.val_manifest, settings.video_root), names) \
+            if settings.val_manifest else None
     else:
         root = settings.data_dir or _demo(settings)
         source = str(root)

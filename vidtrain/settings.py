@@ -35,8 +35,11 @@ class Settings(BaseSettings):
 
     # -- data ------------------------------------------------------------------------
     data_dir: DirectoryPath | None = Field(None, description="folder with train/ (and val/) class folders")
-    train_manifest: FilePath | None = Field(None, description="'path;label[;index]' CSV of training clips")
-    val_manifest: FilePath | None = Field(None, description="CSV of validation clips (needs TRAIN_MANIFEST)")
+    train_manifest: FilePath | None = Field(None, description="training clips: a 'path;label[;index]' CSV or a "
+                                            "dataset's own list (UCF101/HMDB51, SSv2, Kinetics, Jester, MMAction2)")
+    val_manifest: FilePath | None = Field(None, description="validation clips, same formats (needs TRAIN_MANIFEST)")
+    video_root: DirectoryPath | None = Field(None, description="where the manifests' clips live (default: beside "
+                                             "the manifest)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for validation when no val split")
     cache_dir: Path = Field(Path(".cache"), description="demo dataset, probe cache and frame cache (frames/)")
     frame_cache_gb: float = Field(10, ge=0, le=100000, description="bound of the decoded-frame cache; 0 turns it off")
@@ -57,6 +60,8 @@ class Settings(BaseSettings):
     seed: int = Field(0, ge=0, description="seed for data order, sampling, augmentation and weights")
     sampling: Literal["uniform", "random", "stride"] = Field("random", description="training frame sampling")
     augment_flip: bool = Field(False, description="horizontal flips that swap left/right labels")
+    augment_crop: bool = Field(False, description="random resized crop, the same for every frame of a clip")
+    eval_clips: int = Field(1, ge=1, le=32, description="final evaluation: clips per video, softmax averaged")
     # -- loader ----------------------------------------------------------------------
     loader_workers: int = Field(2, ge=1, le=64, description="decode threads")
     prefetch_batches: int = Field(4, ge=1, le=256, description="batches decoded ahead (memory bound)")
@@ -84,6 +89,8 @@ class Settings(BaseSettings):
             problems.append(("data_dir", "set either DATA_DIR or TRAIN_MANIFEST/VAL_MANIFEST, not both"))
         if self.val_manifest and not self.train_manifest:
             problems.append(("val_manifest", "VAL_MANIFEST needs TRAIN_MANIFEST"))
+        if self.video_root and not self.train_manifest:
+            problems.append(("video_root", "VIDEO_ROOT is where TRAIN_MANIFEST's clips live: set TRAIN_MANIFEST"))
         if self.data_dir and not (self.data_dir / "train").is_dir():
             problems.append(("data_dir", f"{self.data_dir} has no train/ folder of class folders"))
         if self.model == "cnn_rnn" and self.frames < 2:
