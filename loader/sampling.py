@@ -66,3 +66,15 @@ def sample_indices(
     if mode == "stride":
         return stride_indices(num_frames, frames, stride)
     raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+
+
+def window_indices(mode: str, num_frames: int, frames: int, window: int, windows: int,
+                   rng: np.random.Generator | None = None, stride: int = 2) -> np.ndarray:
+    """`mode` sampling inside window `window` of `windows` equal temporal windows (frames
+    [w * n / W, (w + 1) * n / W)): the clips of multi-clip evaluation. One window is the whole clip."""
+    if not 0 <= window < windows:
+        raise ValueError(f"window must be in [0, {windows - 1}], got {window}")
+    _check(num_frames, frames)
+    start = window * num_frames // windows
+    end = max((window + 1) * num_frames // windows, start + 1)  # a clip shorter than `windows` repeats frames
+    return start + sample_indices(mode, end - start, frames, rng, stride)

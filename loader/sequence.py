@@ -18,7 +18,7 @@ from loader.decode import DecodeError, decode_clip
 from loader.hooks import NullLoaderMetrics
 from loader.prefetch import call_with_timeout
 from loader.index import Item, Skipped
-from loader.sampling import SAMPLING_MODES, sample_indices
+from loader.sampling import SAMPLING_MODES, window_indices
 
 log = logging.getLogger("vidtrain")
 ON_BAD_VIDEO = ("skip", "fail")
@@ -41,29 +41,41 @@ class VideoSequence(keras.utils.PyDataset):
     ones from it: the batches are byte-identical to uncached ones. A clip
     whose decode takes longer than `decode_timeout` seconds (a hung decoder)
     fails with kind "timeout" and is replaced like any other bad clip.
+    `crop` turns on random resized crops (`random_resized_crop`), the same for every frame of
+    a clip. `clips_per_video=N` (multi-clip evaluation) yields N clips of each video, one from each of
+    N equal temporal windows, consecutively: entry e is window e % N of clip e // N.
     """
 
     def __init__(self, items: Sequence[Item], batch_size: int, frames: int, size: tuple[int, int] = (112, 112),
                  shuffle: bool = False, seed: int = 0, sampling: str = "uniform", stride: int = 2,
                  flip_labels: Mapping[int, int] | None = None, on_bad_video: str = "skip", device: str = "cpu",
                  shard: tuple[int, int] = (0, 1), metrics=None, cache=None, decode_timeout: float | None = None,
-                 **pydataset_kwargs):
+                 clips_per_video: int = 1, crop: bool = False, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        self.clips_per_video = clips_per_video
         self.items = list(items)[shard[0] :: shard[1]]
         if not self.items:
             raise ValueError(f"no clips to load (shard {shard[0]} of {shard[1]} of {len(items)} items)")
         self.batch_size, self.frames, self.size = batch_size, frames, tuple(size)
         self.shuffle, self.seed, self.sampling, self.stride = shuffle, seed, sampling, stride
         self.flip_labels = dict(flip_labels) if flip_labels is not None else None
+        self.crop = crop
         self.on_bad_video, self.device = on_bad_video, device
         self.metrics = metrics or NullLoaderMetrics()
         self.cache, self.decode_timeout = cache, decode_timeout
         self._failed: dict[str, Skipped] = {}  # path -> why; written by worker threads (dict ops are atomic)
         self.set_epoch(0)
 
+    @property
+    def num_entries(self) -> int:
+        """Clips per epoch: every video's clips_per_video windows."""
+        return len(self.items) * self.clips_per_video
+
     def __len__(self) -> int:
-        return -(-len(self.items) // self.batch_size)
+        return -(-self.num_entries // self.batch_size)
 
     @property
     def num_batches(self) -> int:
@@ -78,10 +90,10 @@ class VideoSequence(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
     def order(self, epoch: int) -> np.ndarray:
-        """Clip indices in the order epoch `epoch` visits them."""
+        """Entry indices (clips when clips_per_video is 1) in the order epoch `epoch` visits them."""
         if not self.shuffle:
-            return np.arange(len(self.items))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+            return np.arange(self.num_entries)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_entries)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
@@ -89,18 +101,18 @@ class VideoSequence(keras.utils.PyDataset):
         clips = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         x = np.empty((len(clips), self.frames, *self.size, 3), np.uint8)
         y = np.empty(len(clips), np.int32)
-        for row, clip in enumerate(clips):
-            x[row], y[row] = self._load(int(clip))
+        for row, entry in enumerate(clips):
+            x[row], y[row] = self._load(*divmod(int(entry), self.clips_per_video))
         return x, y
 
-    def _load(self, clip: int) -> tuple[np.ndarray, int]:
-        rng = np.random.default_rng([self.seed, self.epoch, clip])
+    def _load(self, clip: int, window: int = 0) -> tuple[np.ndarray, int]:
+        rng = np.random.default_rng([self.seed, self.epoch, clip] + ([window] if window else []))
         for attempt in range(MAX_REPLACEMENTS + 1):
             path, label = self.items[(clip + attempt) % len(self.items)]
             if path in self._failed:
                 continue
             try:
-                frames = self._decode(path, self._sampler(rng))
+                frames = self._decode(path, self._sampler(rng, window))
             except DecodeError as exc:
                 if self.on_bad_video == "fail":
                     raise
@@ -129,12 +141,15 @@ class VideoSequence(keras.utils.PyDataset):
             raise DecodeError(path, f"decoding took over {self.decode_timeout:g} s (a hung decoder?)",
                               "timeout") from None
 
-    def _sampler(self, rng: np.random.Generator):
-        return lambda num_frames: sample_indices(self.sampling, num_frames, self.frames, rng, self.stride)
+    def _sampler(self, rng: np.random.Generator, window: int):
+        return lambda num_frames: window_indices(self.sampling, num_frames, self.frames, window,
+                                                 self.clips_per_video, rng, self.stride)
 
     def _augment(self, frames: np.ndarray, label: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         if self.flip_labels is not None and rng.random() < 0.5:
-            return frames[:, :, ::-1], self.flip_labels.get(label, label)
+            frames, label = frames[:, :, ::-1], self.flip_labels.get(label, label)
+        if self.crop:
+            frames = random_resized_crop(frames, rng)
         return frames, label
 
     def _record_failure(self, exc: DecodeError) -> None:
@@ -149,6 +164,23 @@ class VideoSequence(keras.utils.PyDataset):
     def skipped(self) -> list[Skipped]:
         """Clips that failed at decode time and were replaced."""
         return list(self._failed.values())
+
+
+def random_resized_crop(frames: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """One random crop of `scale` of the frame's area and aspect ratio in `ratio` (log-uniform),
+    the same for every frame of the clip, resized back to the frame size (bilinear): spatial
+    scale jitter that keeps the motion between frames intact."""
+    from PIL import Image
+
+    _, h, w, _ = frames.shape
+    area = rng.uniform(*scale)
+    aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+    ch = min(h, max(1, round(h * np.sqrt(area / aspect))))
+    cw = min(w, max(1, round(w * np.sqrt(area * aspect))))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f[y:y + ch, x:x + cw])).resize(
+        (w, h), Image.Resampling.BILINEAR)) for f in frames])
 
 
 def flip_label_map(class_names: Sequence[str]) -> dict[int, int]:

@@ -67,3 +67,26 @@ def test_bad_arguments_name_the_value(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("num_frames, frames, window, windows, expected", [
+    (30, 3, 0, 3, [1, 5, 8]),       # frames 0-9, uniform: centres of 3 segments of 10
+    (30, 3, 1, 3, [11, 15, 18]),    # frames 10-19
+    (30, 3, 2, 3, [21, 25, 28]),    # frames 20-29
+    (31, 2, 1, 2, [19, 27]),        # frames 15-30 (16 frames): 15 + [4, 12]
+    (2, 2, 2, 3, [1, 1]),           # shorter than the windows: window 2 is frame 1, repeated
+    (30, 4, 0, 1, [3, 11, 18, 26]),  # one window: the plain uniform sampling
+])
+def test_window_indices(num_frames, frames, window, windows, expected):
+    from loader.sampling import window_indices
+
+    assert window_indices("uniform", num_frames, frames, window, windows).tolist() == expected
+    if windows == 1:
+        assert expected == uniform_indices(num_frames, frames).tolist()
+
+
+def test_window_must_be_one_of_the_windows():
+    from loader.sampling import window_indices
+
+    with pytest.raises(ValueError, match=r"window must be in \[0, 2\], got 3"):
+        window_indices("uniform", 30, 4, 3, 3)

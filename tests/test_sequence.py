@@ -194,3 +194,43 @@ def test_keras_fit_directly_on_the_generator_sees_each_batch_once_per_epoch(trai
     built = sorted(seq.seen)
     assert built[: 3 * len(seq)] == [(e, i) for e in range(3) for i in range(len(seq))]
     assert len(built) == len(set(built))
+
+
+def test_random_resized_crop_is_one_crop_per_clip_seeded_and_off_by_default(tmp_path):
+    from PIL import Image
+
+    # a frame folder of 6 identical frames with a pattern: the same crop of each gives equal frames
+    y, x = np.mgrid[0:48, 0:64]
+    pattern = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for k in range(6):
+        Image.fromarray(pattern).save(folder / f"{k}.png")
+    items = [(str(folder), 0)] * 4
+    plain = VideoSequence(items, batch_size=4, frames=4, size=(48, 64))[0][0]
+    cropped = VideoSequence(items, batch_size=4, frames=4, size=(48, 64), crop=True)
+    x1 = cropped[0][0]
+    assert x1.shape == plain.shape and x1.dtype == np.uint8
+    assert all((clip == clip[0]).all() for clip in x1)  # every frame of a clip: the same crop
+    assert not any((clip == plain[0]).all() for clip in x1)  # ... which is not the whole frame
+    assert len({clip[0].tobytes() for clip in x1}) == 4  # each clip its own crop
+    assert (cropped[0][0] == x1).all()  # a pure function of (seed, epoch, index)
+    cropped.on_epoch_end()
+    assert not (cropped[0][0] == x1).all()  # a new epoch, new crops
+    assert (VideoSequence(items, batch_size=4, frames=4, size=(48, 64), crop=False)[0][0] == plain).all()
+
+
+def test_multi_clip_entries_cover_each_video_window_by_window(tmp_path):
+    from conftest import gradient_frames
+
+    from loader.demo import write_video
+
+    path = tmp_path / "g.mp4"
+    write_video(path, gradient_frames(t=12), codec="libx264", pix_fmt="yuv420p")
+    seq = VideoSequence([(str(path), 0), (str(path), 1)], batch_size=4, frames=2, size=(48, 64), clips_per_video=3)
+    assert len(seq) == 2 and seq.num_entries == 6
+    x, y = seq[0]
+    assert y.tolist() == [0, 0, 0, 1]
+    # frame k is brightness 10 + 20k; windows of 4 frames, uniform picks frames 1 and 3 of each
+    brightness = np.round((x[:3].mean(axis=(2, 3, 4)) - 10) / 20).astype(int).tolist()
+    assert brightness == [[1, 3], [5, 7], [9, 11]]
