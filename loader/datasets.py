@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 from loader.index import ManifestError, resolve
@@ -22,8 +23,11 @@ UCF_CLASS_INDEX = "classInd.txt"
 SSV2_LABELS = "something-something-v2-labels.json"
 JESTER_LABELS = "jester-v1-labels.csv"
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+HMDB_SPLIT_FILE = re.compile(r"^(?P<name>.+)_test_split(?P<split>[123])\.txt$")
+HMDB_ROLE = {"train": "1", "val": "2"}  # the official files mark each clip 1 (train), 2 (test) or 0 (unused)
 
 NAMES = {"csv": "path;label CSV", "jester": "Jester CSV", "ucf101": "UCF101/HMDB51 split list",
+         "hmdb51": "HMDB51 official split files",
          "ssv2": "Something-Something-v2 JSON", "kinetics": "Kinetics CSV",
          "mmaction2-videos": "MMAction2 video list", "mmaction2-rawframes": "MMAction2 rawframe list"}
 
@@ -37,6 +41,8 @@ def detect(path: Path) -> str:
         return "kinetics"
     if ";" in first:
         return "jester" if (path.parent / JESTER_LABELS).exists() else "csv"
+    if HMDB_SPLIT_FILE.match(path.name):
+        return "hmdb51"
     tokens = first.split()
     if (path.parent / UCF_CLASS_INDEX).exists() and len(tokens) in (1, 2):
         return "ucf101"
@@ -65,6 +71,25 @@ def ucf101(path: Path, root: Path | None) -> tuple[list[Row], list[str]]:
             raise ManifestError(path, line, f"label {tokens[1]!r} is not {name!r}'s index in {UCF_CLASS_INDEX}")
         rows.append((line, _clip(path, root, tokens[0]), name))
     return rows, classes
+
+
+def hmdb51(path: Path, root: Path | None, role: str) -> tuple[list[Row], list[str]]:
+    """HMDB51's own split files (testTrainMulti_7030_splits/): one `<class>_test_split<N>.txt`
+    per class, rows `clip.avi 1|2|0`. Naming any one of them reads all 51 of that split: the
+    clips marked 1 for training, 2 for validation; the clip is <root>/<class>/<clip>.avi."""
+    split = HMDB_SPLIT_FILE.match(path.name)["split"]
+    files = sorted(p for p in path.parent.iterdir() if (m := HMDB_SPLIT_FILE.match(p.name)) and m["split"] == split)
+    rows = []
+    for file in files:
+        name = HMDB_SPLIT_FILE.match(file.name)["name"]
+        for line, text in _lines(file):
+            tokens = text.split()
+            if len(tokens) != 2 or tokens[1] not in ("0", "1", "2"):
+                raise ManifestError(file, line, f"expected 'clip.avi 0|1|2', got {text!r}")
+            if tokens[1] == HMDB_ROLE[role]:
+                base = root if root is not None else path.parent
+                rows.append((line, str(base / name / tokens[0]), name))
+    return rows, sorted(HMDB_SPLIT_FILE.match(f.name)["name"] for f in files)
 
 
 def ssv2(path: Path, root: Path | None) -> tuple[list[Row], list[str] | None]:

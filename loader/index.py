@@ -64,7 +64,7 @@ def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
 
 
 def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | None = None,
-                  ) -> tuple[list[Item], list[str]]:
+                  role: str = "train") -> tuple[list[Item], list[str]]:
     """Items of an annotation file, its format recognised from the file (see loader.datasets):
     a `path;label` or `path;label;index` manifest, or a public dataset's own list (UCF101/HMDB51
     split lists, Something-Something-v2 JSON, Kinetics CSV, Jester CSV, MMAction2 lists).
@@ -74,7 +74,8 @@ def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | N
     live under `video_root` when given; otherwise a relative path resolves against the
     manifest's folder or, when not found there, the folder named like the manifest
     (`train.csv` -> `train/`). A first row `path;label` is taken as a header. A clip listed
-    twice counts once; under two labels it is an error naming both lines.
+    twice counts once; under two labels it is an error naming both lines. `role` ("train" or
+    "val") picks the clips of a file that marks both (HMDB51's official split files).
     """
     from loader import datasets
 
@@ -83,6 +84,8 @@ def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | N
     if kind in ("csv", "jester"):
         rows, order = _csv(path, root)
         order = datasets.jester_order(path) if kind == "jester" else order
+    elif kind == "hmdb51":
+        rows, order = datasets.hmdb51(path, root, role)
     elif kind.startswith("mmaction2"):
         rows, order = datasets.mmaction2(path, root, rawframes=kind.endswith("rawframes"))
     else:
@@ -93,7 +96,8 @@ def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | N
     for line, _, name in rows:
         if name not in lookup:
             raise ManifestError(path, line, f"class {name!r} is not in the dataset's class list")
-    log.info("%s: read as %s: %d clips, %d classes", path, datasets.NAMES[kind], len(rows), len(class_names))
+    log.info("%s: read as %s: %d %s clips, %d classes", path, datasets.NAMES[kind], len(rows), role,
+             len(class_names))
     return [(clip, lookup[name]) for _, clip, name in rows], class_names
 
 

@@ -50,7 +50,7 @@ def test_ucf101_split_lists_with_class_index(tmp_path, info_logs, caplog):
     assert names(items, videos) == [("Archery/v_Archery_g08_c01.avi", 1),
                                     ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", 0),
                                     ("BabyCrawling/v_BabyCrawling_g08_c01.avi", 2)]
-    assert "read as UCF101/HMDB51 split list: 3 clips, 3 classes" in caplog.text
+    assert "read as UCF101/HMDB51 split list: 3 train clips, 3 classes" in caplog.text
     test_items, test_classes = read_manifest(lists / "testlist01.txt", videos)
     assert test_classes == classes and [label for _, label in test_items] == [0, 1]
     good, skipped = probe(test_items, workers=2)  # one test clip was never downloaded
@@ -68,6 +68,31 @@ def test_ucf101_malformed_rows_name_file_and_line(tmp_path, row, message):
     (tmp_path / "trainlist01.txt").write_text(f"Archery/v_Archery_g08_c01.avi 2\n{row}\n")
     with pytest.raises(ManifestError, match=re.escape(f"trainlist01.txt, line 2: {message}")):
         read_manifest(tmp_path / "trainlist01.txt")
+
+
+def test_hmdb51_official_split_files(tmp_path, info_logs, caplog):
+    splits, videos = tmp_path / "testTrainMulti_7030_splits", tmp_path / "hmdb51"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("April_09_brush_hair_u_nm_np1_ba_goo_0.avi 1 \n"
+                                                       "Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi 2 \n"
+                                                       "brush_my_hair_brush_hair_u_nm_np1_fr_goo_0.avi 0 \n")
+    (splits / "cartwheel_test_split1.txt").write_text("Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi 1 \n"
+                                                      "Bodenturnen_cartwheel_f_cm_np1_le_med_0.avi 2 \n")
+    (splits / "cartwheel_test_split2.txt").write_text("Bodenturnen_cartwheel_f_cm_np1_le_med_0.avi 1 \n")
+    clip(videos / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_0.avi", codec="mpeg4")
+    train, classes = read_manifest(splits / "cartwheel_test_split1.txt", videos)  # any file of the split
+    assert classes == ["brush_hair", "cartwheel"]
+    assert names(train, videos) == [("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi", 0),
+                                    ("cartwheel/Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi", 1)]
+    assert "read as HMDB51 official split files: 2 train clips, 2 classes" in caplog.text
+    val, _ = read_manifest(splits / "brush_hair_test_split1.txt", videos, role="val")
+    assert names(val, videos) == [("brush_hair/Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi", 0),
+                                  ("cartwheel/Bodenturnen_cartwheel_f_cm_np1_le_med_0.avi", 1)]
+    good, skipped = probe(train, workers=2)
+    assert len(good) == 1 and [s.kind for s in skipped] == ["missing"]
+    (splits / "cartwheel_test_split1.txt").write_text("Acrobacias.avi 1\nBodenturnen.avi train\n")
+    with pytest.raises(ManifestError, match=r"cartwheel_test_split1.txt, line 2: expected 'clip.avi 0\|1\|2'"):
+        read_manifest(splits / "brush_hair_test_split1.txt", videos)
 
 
 def test_ssv2_json_with_labels_file(tmp_path, info_logs, caplog):
@@ -106,7 +131,7 @@ def test_kinetics_csv_finds_clips_flat_or_per_class(tmp_path, info_logs, caplog)
     assert classes == ["abseiling", "air drumming"]
     assert names(items, videos) == [("abseiling/--07WQ2iBlw_000001_000011.mp4", 0),
                                     ("-VtLx-mcPds_000014_000024.mkv", 1), ("-3B32lodo2M_000059_000069.mp4", 0)]
-    assert "read as Kinetics CSV: 3 clips, 2 classes" in caplog.text
+    assert "read as Kinetics CSV: 3 train clips, 2 classes" in caplog.text
     good, skipped = probe(items, workers=2)  # the third was never downloaded: reported, not lost
     assert len(good) == 2 and [s.kind for s in skipped] == ["missing"]
     (tmp_path / "bad.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,x,one,11,train\n")

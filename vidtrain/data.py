@@ -79,7 +79,7 @@ def _index(settings: Settings) -> Splits:
     if settings.train_manifest:
         train, names = read_manifest(settings.train_manifest, settings.video_root)
         source = str(settings.train_manifest)
-        val = _relabel(*read_manifest(settings.val_manifest, settings.video_root), names) \
+        val = _relabel(*read_manifest(settings.val_manifest, settings.video_root, role="val"), names) \
             if settings.val_manifest else None
     else:
         root = settings.data_dir or _demo(settings)
