@@ -57,7 +57,8 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
     assert sorted(map(len, shards)) == [12, 13]
 
     chief, other = tmp_path / "out0", tmp_path / "out1"
-    for name in ("model.keras", "report.json", "history.json", "checkpoints/state.json"):
+    for name in ("model.keras", "report.json", "history.json", "checkpoints/state.json", "saved_model/saved_model.pb",
+                 "confusion_matrix.png", "tensorboard/train"):
         assert (chief / name).exists() and not (other / name).exists(), name
     report = json.loads((chief / "report.json").read_text())
     assert len(report["confusion_matrix"]) == 5 and report["epochs_completed"] == 3

@@ -23,6 +23,7 @@ from vidtrain.checkpoint import (CheckpointError, Checkpointer, OutputError, Pos
                                  fingerprint)
 from vidtrain.control import Diverged, Stopped, StopRequest
 from vidtrain.data import NoDataError, Splits, assemble
+from vidtrain.export import export_saved_model
 from vidtrain.metrics import JobMetrics, push_outcome, serve
 from vidtrain.settings import Settings, env_name
 
@@ -180,15 +181,20 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
 
     out = settings.output_dir
     final = outcome.last_val
-    if final is None:  # resumed after the last epoch: nothing validated in this run
-        _, val_seq = sequences(settings, splits, metrics)
+    if final is None or settings.eval_clips > 1:  # nothing validated in this run (resumed after the last
+        # epoch), or the final evaluation takes several clips per video where each epoch's took one
+        _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips)
         final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
                                 metrics.loader("val"), predict=lambda x: outcome.model(x, training=False))
     report.write_history(out, outcome.history)
     report.write_atomic(out / "model.keras", outcome.model.save)
+    export_saved_model(outcome.model, out, splits.class_names)
     report.plot_curves(out, outcome.history)
     wait = metrics.total("vidtrain_data_wait_seconds_sum")
     seconds = max(outcome.seconds, 1e-9)
+    scores = report.final_scores(final, splits.class_names)
+    scores["final"] |= {f"train_{k}": v[-1] for k, v in outcome.history.items() if not k.startswith("val_")}
+    report.plot_confusion(out / "confusion_matrix.png", final["confusion_matrix"], splits.class_names)
     report.write_report(out, {
         "mode": "train", "settings": settings.redacted(), "dataset": _counts(splits),
         "skipped": [vars(s) for s in splits.skipped + outcome.skipped],
@@ -201,9 +207,7 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
                        "step_seconds": round(metrics.total("vidtrain_train_step_seconds_sum"), 2),
                        "data_wait_seconds": round(wait, 2),
                        "data_wait_share": round(wait / seconds, 4)},
-        "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"],
-                  **{f"train_{k}": v[-1] for k, v in outcome.history.items() if not k.startswith("val_")}},
-        "class_names": splits.class_names, "confusion_matrix": final["confusion_matrix"],
+        **scores,
     })
     _succeed(settings, metrics, {"val_accuracy": final["accuracy"], "val_loss": final["loss"]})
     log.info("done: val accuracy %.3f; outputs in %s", final["accuracy"], out.resolve())
@@ -249,14 +253,15 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
     splits = _prepare(settings, progress)
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
-    _, val_seq = sequences(settings, splits, metrics)
+    _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips)
     final = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches,
                             metrics.loader("val"))
+    report.plot_confusion(settings.output_dir / "evaluation_confusion_matrix.png", final["confusion_matrix"],
+                          class_names)
     report.write_report(settings.output_dir, {
         "mode": "evaluate", "settings": settings.redacted(), "dataset": _counts(splits),
         "skipped": [vars(s) for s in splits.skipped + val_seq.skipped],
-        "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"]},
-        "class_names": class_names, "confusion_matrix": final["confusion_matrix"],
+        **report.final_scores(final, class_names),
     })
     metrics.loss.labels("val").set(final["loss"])
     metrics.accuracy.labels("val").set(final["accuracy"])

@@ -1,4 +1,5 @@
-"""Outputs in OUTPUT_DIR: evaluation, history.json, report.json, training_curves.png, predictions.csv."""
+"""Outputs in OUTPUT_DIR: evaluation, history.json, report.json, training_curves.png, confusion_matrix.png,
+predictions.csv."""
 
 from __future__ import annotations
 
@@ -14,29 +15,69 @@ from vidtrain.checkpoint import write_atomic, write_json_atomic
 
 def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=None, stop_when=None,
              on_batch=None) -> dict | None:
-    """Loss, accuracy and confusion matrix of `model` over every batch of `sequence` (one epoch).
-    `predict(x) -> logits` defaults to `model.predict_on_batch`; `metrics` are the loader's hooks.
-    `on_batch(b)` is called after batch b (1-based); once `stop_when()` is true the pass ends and
-    None is returned (a job being stopped should not sit through a whole validation)."""
-    import keras
-
+    """`scores` of `model` over every batch of `sequence` (one pass; several clips per video when
+    the sequence has clips_per_video > 1). `predict(x) -> logits` defaults to
+    `model.predict_on_batch`; `metrics` are the loader's hooks. `on_batch(b)` is called after batch
+    b (1-based); once `stop_when()` is true the pass ends and None is returned (a job being
+    stopped should not sit through a whole validation)."""
     predict = predict or model.predict_on_batch
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-    num_classes = int(model.output_shape[-1])
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    total_loss = 0.0
+    logits, labels = [], []
     with PrefetchGenerator(sequence, workers, depth, metrics=metrics) as batches:
         for b, (x, y) in enumerate(batches, 1):
-            logits = np.asarray(predict(x))
-            total_loss += float(loss_fn(y, logits))
-            np.add.at(confusion, (y, np.argmax(logits, axis=1)), 1)
+            logits.append(np.asarray(predict(x), np.float64))
+            labels.append(y)
             if on_batch is not None:
                 on_batch(b)
             if stop_when is not None and stop_when():
                 return None
-    count = int(confusion.sum())
-    return {"loss": total_loss / count, "accuracy": float(np.trace(confusion) / count), "clips": count,
+    return scores(np.concatenate(logits), np.concatenate(labels), sequence.clips_per_video)
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1) -> dict:
+    """Clip- and video-level scores of `logits` [clips, classes] against `labels`, where each
+    video's clips_per_video clips are consecutive: the video's prediction is the mean of its
+    clips' softmax. `accuracy` is the video-level top-1; the confusion matrix (rows: true class)
+    and the per-class table are video-level too."""
+    num_classes = logits.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    video_probs = probs.reshape(-1, clips_per_video, num_classes).mean(axis=1)
+    video_labels = labels[::clips_per_video]
+    predicted = video_probs.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (video_labels, predicted), 1)
+    k = min(5, num_classes)
+    top_k = np.argsort(-video_probs, axis=1, kind="stable")[:, :k]
+    support, claimed, hits = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion)
+    recall = np.divide(hits, support, out=np.zeros(num_classes), where=support > 0)
+    precision = np.divide(hits, claimed, out=np.zeros(num_classes), where=claimed > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes),
+                   where=precision + recall > 0)
+    video_accuracy = float(np.trace(confusion) / len(video_labels))
+    return {"loss": loss, "accuracy": video_accuracy, "clips": len(labels), "videos": len(video_labels),
+            "clips_per_video": clips_per_video,
+            "clip_accuracy": float((probs.argmax(axis=1) == labels).mean()), "video_accuracy": video_accuracy,
+            "top_k": k, "top5_accuracy": float((top_k == video_labels[:, None]).any(axis=1).mean()),
+            "mean_class_accuracy": float(recall[support > 0].mean()),
+            "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+                          "support": support.tolist()},
             "confusion_matrix": confusion.tolist()}
+
+
+def final_scores(final: dict, class_names: list[str]) -> dict:
+    """report.json's `final` metrics, `per_class` table (by class name) and confusion matrix."""
+    table = final["per_class"]
+    return {
+        "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"],
+                  "val_videos": final["videos"], "eval_clips": final["clips_per_video"],
+                  **{key: final[key] for key in ("clip_accuracy", "video_accuracy", "top5_accuracy", "top_k",
+                                                 "mean_class_accuracy")}},
+        "per_class": {name: {key: table[key][i] for key in ("precision", "recall", "f1", "support")}
+                      for i, name in enumerate(class_names)},
+        "class_names": list(class_names), "confusion_matrix": final["confusion_matrix"],
+    }
 
 
 def write_history(out: Path, history: dict) -> None:
@@ -69,6 +110,38 @@ def plot_curves(out: Path, history: dict) -> None:
         ax.legend()
     fig.tight_layout()
     write_atomic(out / "training_curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], class_names: list[str]) -> None:
+    """The confusion matrix, row-normalised (each true class's row sums to 1; colour), with the
+    counts in the non-empty cells and class names on both axes. The figure grows with the
+    classes (0.3 in a cell, up to 60 in), so 100+ classes stay legible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, np.int64)
+    n = len(class_names)
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    cell = min(0.3, 60 / max(n, 1))
+    side = max(4.0, cell * n) + 2 + 0.06 * max(map(len, class_names), default=0)
+    font = max(3.0, min(9.0, cell * 72 * 0.45))
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), class_names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, j in zip(*np.nonzero(counts)):
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font,
+                color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_title(f"confusion matrix ({int(counts.sum())} videos, rows normalised)")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 

@@ -36,6 +36,7 @@ import tensorflow as tf
 from loader import FrameCache, PrefetchGenerator, VideoSequence, flip_label_map
 from models import build_model
 from vidtrain import report
+from vidtrain.board import Board
 from vidtrain.checkpoint import Checkpointer, Position, write_json_atomic
 from vidtrain.control import Diverged, LoopEvents, StopRequest
 from vidtrain.data import Splits
@@ -97,9 +98,10 @@ class Outcome:
     last_val: dict | None = None  # the last completed epoch's validation (loss, accuracy, confusion)
 
 
-def sequences(settings: Settings, splits: Splits, metrics: JobMetrics,
-              shard: tuple[int, int] = (0, 1)) -> tuple[VideoSequence, VideoSequence]:
-    """The training sequence (of this worker's shard) and the validation sequence (all of it)."""
+def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tuple[int, int] = (0, 1),
+              eval_clips: int = 1) -> tuple[VideoSequence, VideoSequence]:
+    """The training sequence (of this worker's shard) and the validation sequence (all of it,
+    `eval_clips` clips per video)."""
     cache = FrameCache(settings.cache_dir / "frames", int(settings.frame_cache_gb * 1e9), metrics) \
         if settings.frame_cache_gb > 0 else None
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
@@ -107,8 +109,8 @@ def sequences(settings: Settings, splits: Splits, metrics: JobMetrics,
                   decode_timeout=settings.decode_timeout_s)
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
-                          flip_labels=flips, shard=shard, **common)
-    val = VideoSequence(splits.val, shuffle=False, sampling="uniform", **common)
+                          flip_labels=flips, crop=settings.augment_crop, shard=shard, **common)
+    val = VideoSequence(splits.val, shuffle=False, sampling="uniform", clips_per_video=eval_clips, **common)
     return train, val
 
 
@@ -201,7 +203,10 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     remaining = max((settings.epochs - first_epoch) * len(train_seq) - first_step, 0)
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
                            start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
-        pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
+        try:
+            pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
+        finally:
+            loop.close()
     if world.count > 1:
         _record_worker(settings.output_dir, world.index, train_seq, model)
     resumed = None if resume is None else {"epoch": resume.epoch, "step": resume.step, "clips": resume.clips}
@@ -219,9 +224,12 @@ class _Loop:
         self.checkpointer = Checkpointer(settings.output_dir / "checkpoints")
         self.clips_trained = 0
         self.last_val: dict | None = None
+        self.board = Board(settings.output_dir) if world.chief else None
+        self._epoch_start = (0.0, 0.0, 0)  # time, train data wait, clips trained: this epoch's rates
 
     def run(self, pos: Position, batches, train_seq, val_seq, progress: bool) -> tuple[Position, bool]:
         while pos.epoch < self.settings.epochs:
+            self._epoch_start = (time.perf_counter(), self._train_wait(), self.clips_trained)
             bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy", "val_loss",
                                                                     "val_accuracy"]) if progress else None
             pos, halted = self._train_epoch(pos, batches, train_seq, bar)
@@ -295,7 +303,22 @@ class _Loop:
         self._save(pos)
         if self.world.chief:
             report.write_history(self.settings.output_dir, history)
+            self._board(epoch, logs)
         return pos
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+    def _train_wait(self) -> float:
+        return self.metrics.total("vidtrain_data_wait_seconds_sum", split="train")
+
+    def _board(self, epoch: int, logs: dict) -> None:
+        started, wait, clips = self._epoch_start
+        seconds = max(time.perf_counter() - started, 1e-9)
+        self.board.epoch(epoch, logs, learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+                         data_wait_share=(self._train_wait() - wait) / seconds,
+                         clips_per_second=(self.clips_trained - clips) / seconds)
 
     def _save(self, pos: Position) -> None:
         """Checkpoint `pos` (the chief), with what makes it meaningful: random states, fingerprint, settings."""

@@ -1,0 +1,62 @@
+"""The SavedModel a server gets: loaded in a fresh process with no project code, it gives the
+probabilities of the job's own predict mode on the same clips."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jobs import job, settings
+
+from loader import VideoSequence, find_videos
+from vidtrain.job import EXIT_OK
+
+pytestmark = pytest.mark.slow
+
+SERVER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+serve = model.signatures["serving_default"]
+out = serve(clips=tf.constant(np.load(sys.argv[2])))
+np.save(sys.argv[3], out["probabilities"].numpy())
+json.dump({"names": [n.decode() for n in out["class_names"].numpy()],
+           "signature": {k: str(v.dtype.name) + str(v.shape) for k, v in serve.structured_input_signature[1].items()},
+           "project_modules": sorted(m for m in sys.modules if m.split(".")[0] in ("loader", "vidtrain", "models"))},
+          open(sys.argv[4], "w"))
+"""
+
+
+def test_saved_model_round_trip_in_a_fresh_process(tmp_path, tiny_demo):
+    out = tmp_path / "out"
+    assert job(settings(tiny_demo, out, epochs=1))[0] == EXIT_OK
+    saved = out / "saved_model"
+    meta = json.loads((saved / "assets" / "vidtrain.json").read_text())
+    assert meta | {"input": None} == {"class_names": json.loads((out / "classes.json").read_text()), "frames": 4,
+                                      "height": 32, "width": 32, "sampling": "uniform", "input": None}
+    assert all(p.stat().st_mode & 0o004 for p in saved.rglob("*"))  # readable by other users
+
+    assert job(settings(tiny_demo, out, mode="predict", predict_input=tiny_demo / "val"))[0] == EXIT_OK
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    names = meta["class_names"]
+    expected = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
+
+    items, _ = find_videos(tiny_demo / "val")
+    assert [p for p, _ in items] == [r["path"] for r in rows]
+    clips, _ = VideoSequence(items, batch_size=len(items), frames=4, size=(32, 32))[0]  # as predict decodes
+    np.save(tmp_path / "clips.npy", clips)
+    result = subprocess.run([sys.executable, "-c", SERVER, str(saved), str(tmp_path / "clips.npy"),
+                             str(tmp_path / "probs.npy"), str(tmp_path / "served.json")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    served = json.loads((tmp_path / "served.json").read_text())
+    probs = np.load(tmp_path / "probs.npy")
+    assert served["project_modules"] == []
+    assert served["signature"] == {"clips": "uint8(None, 4, 32, 32, 3)"}
+    assert probs.shape == (len(items), len(names))
+    np.testing.assert_allclose(probs, expected, atol=1e-4)  # predictions.csv has 4 decimals
+    assert served["names"] == [r["predicted"] for r in rows]

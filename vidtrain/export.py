@@ -1,0 +1,51 @@
+"""OUTPUT_DIR/saved_model/: the trained model as a TensorFlow SavedModel a server can run alone.
+
+`serving_default` takes uint8 clips [batch, FRAMES, HEIGHT, WIDTH, 3] (scaling is inside the
+model) and returns `probabilities` [batch, classes] (softmax) and `class_names` [batch] (the
+predicted class). `assets/vidtrain.json` holds class_names, frames, height, width and sampling.
+Written beside, then swapped in, so a reader never sees half an export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from vidtrain.checkpoint import write_atomic
+
+SAVED_MODEL = "saved_model"
+ASSET = "vidtrain.json"
+SAMPLING = "uniform"  # how the job samples frames for evaluation and prediction
+
+
+def export_saved_model(model, out: Path, class_names: list[str]) -> Path:
+    import keras
+    import tensorflow as tf
+
+    frames, height, width = (int(d) for d in model.input_shape[1:4])
+    names = tf.constant(list(class_names))
+
+    def serve(clips):
+        probabilities = tf.nn.softmax(model(clips, training=False), axis=-1)
+        return {"probabilities": probabilities, "class_names": tf.gather(names, tf.argmax(probabilities, axis=-1))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None, frames, height, width, 3], tf.uint8, name="clips")])
+    final = out / SAVED_MODEL
+    staging = out / f".{SAVED_MODEL}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    archive.write_out(str(staging), verbose=False)
+    (staging / "assets").mkdir(exist_ok=True)
+    meta = {"class_names": list(class_names), "frames": frames, "height": height, "width": width,
+            "sampling": SAMPLING, "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
+    write_atomic(staging / "assets" / ASSET, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    old = out / f".{SAVED_MODEL}.{os.getpid()}.old"
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
