@@ -29,4 +29,13 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if code in (130, 143):
+        # Stopped: the checkpoint is written, synced and renamed, every loader thread joined. Skip the
+        # interpreter's teardown of TensorFlow (1.5 s on a 2-core EPYC) so that the pod ends well
+        # inside its grace period.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -67,3 +67,28 @@ def test_confusion_matrix_png(tmp_path, classes):
     assert pixels.std() > 10  # something is drawn
     assert min(width, height) >= (400 if classes == 5 else 100 * 0.3 * 100)  # grows with the classes
     assert (tmp_path / "cm.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_video_failing_mid_evaluation_is_left_out_not_scored_with_another_videos_clips(tmp_path):
+    from conftest import gradient_frames
+
+    from loader import VideoSequence
+    from loader.demo import write_video
+    from vidtrain.report import evaluate
+
+    items = []
+    for k in range(3):
+        write_video(tmp_path / f"{k}.mp4", gradient_frames(t=12), codec="libx264", pix_fmt="yuv420p")
+        items.append((str(tmp_path / f"{k}.mp4"), k))
+    (tmp_path / "1.mp4").write_bytes(b"broken after the probe")  # its slots get video 2's clips
+    seq = VideoSequence(items, batch_size=4, frames=2, size=(48, 64), clips_per_video=2)
+
+    def predict(x):  # class 2 for every clip
+        return np.tile([0.0, 0.0, 5.0], (len(x), 1))
+
+    s = evaluate(None, seq, workers=1, depth=2, predict=predict)
+    assert [sk.path for sk in seq.skipped] == [items[1][0]]
+    assert (s["videos"], s["clips"]) == (2, 4)  # video 1 left out, its two slots with it
+    assert s["per_class"]["support"] == [1, 0, 1]
+    assert s["confusion_matrix"] == [[0, 0, 1], [0, 0, 0], [0, 0, 1]]
+    assert s["accuracy"] == pytest.approx(0.5)

@@ -30,14 +30,20 @@ def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=No
                 on_batch(b)
             if stop_when is not None and stop_when():
                 return None
-    return scores(np.concatenate(logits), np.concatenate(labels), sequence.clips_per_video)
+    # A clip that failed to decode mid-pass had its slots filled by the next clip's frames: score
+    # without it (it is reported as skipped) rather than count another clip twice under its name.
+    failed = {s.path for s in sequence.skipped}
+    kept = np.array([path not in failed for path, _ in sequence.items])
+    return scores(np.concatenate(logits), np.concatenate(labels), sequence.clips_per_video, kept)
 
 
-def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1) -> dict:
+def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kept: np.ndarray | None = None) -> dict:
     """Clip- and video-level scores of `logits` [clips, classes] against `labels`, where each
     video's clips_per_video clips are consecutive: the video's prediction is the mean of its
     clips' softmax. `accuracy` is the video-level top-1; the confusion matrix (rows: true class)
-    and the per-class table are video-level too."""
+    and the per-class table are video-level too. `kept` (one bool per video) leaves videos out."""
+    if kept is not None:
+        logits, labels = logits[np.repeat(kept, clips_per_video)], labels[np.repeat(kept, clips_per_video)]
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
