@@ -46,9 +46,9 @@ def detect(path: Path) -> str:
     tokens = first.split()
     if (path.parent / UCF_CLASS_INDEX).exists() and len(tokens) in (1, 2):
         return "ucf101"
-    if len(tokens) == 2 and _is_int(tokens[1]):
+    if len(tokens) == 2 and tokens[1].isdigit():
         return "mmaction2-videos"
-    if len(tokens) == 3 and _is_int(tokens[1]) and _is_int(tokens[2]):
+    if len(tokens) == 3 and tokens[1].isdigit() and tokens[2].isdigit():
         return "mmaction2-rawframes"
     raise ManifestError(path, line, f"unrecognised annotation format: {first!r}; expected one of "
                         f"{', '.join(NAMES.values())} (see README: Your data)")
@@ -66,7 +66,7 @@ def ucf101(path: Path, root: Path | None) -> tuple[list[Row], list[str]]:
         name = tokens[0].split("/")[0]
         if name not in classes:
             raise ManifestError(path, line, f"class {name!r} is not in {UCF_CLASS_INDEX}")
-        if len(tokens) == 2 and (not _is_int(tokens[1]) or not 1 <= int(tokens[1]) <= len(classes)
+        if len(tokens) == 2 and (not tokens[1].isdigit() or not 1 <= int(tokens[1]) <= len(classes)
                                  or classes[int(tokens[1]) - 1] != name):
             raise ManifestError(path, line, f"label {tokens[1]!r} is not {name!r}'s index in {UCF_CLASS_INDEX}")
         rows.append((line, _clip(path, root, tokens[0]), name))
@@ -78,18 +78,17 @@ def hmdb51(path: Path, root: Path | None, role: str) -> tuple[list[Row], list[st
     per class, rows `clip.avi 1|2|0`. Naming any one of them reads all 51 of that split: the
     clips marked 1 for training, 2 for validation; the clip is <root>/<class>/<clip>.avi."""
     split = HMDB_SPLIT_FILE.match(path.name)["split"]
-    files = sorted(p for p in path.parent.iterdir() if (m := HMDB_SPLIT_FILE.match(p.name)) and m["split"] == split)
+    classes = {m["name"]: p for p in path.parent.iterdir()
+               if (m := HMDB_SPLIT_FILE.match(p.name)) and m["split"] == split}
     rows = []
-    for file in files:
-        name = HMDB_SPLIT_FILE.match(file.name)["name"]
+    for name, file in sorted(classes.items()):
         for line, text in _lines(file):
             tokens = text.split()
             if len(tokens) != 2 or tokens[1] not in ("0", "1", "2"):
                 raise ManifestError(file, line, f"expected 'clip.avi 0|1|2', got {text!r}")
             if tokens[1] == HMDB_ROLE[role]:
-                base = root if root is not None else path.parent
-                rows.append((line, str(base / name / tokens[0]), name))
-    return rows, sorted(HMDB_SPLIT_FILE.match(f.name)["name"] for f in files)
+                rows.append((line, _clip(path, root, f"{name}/{tokens[0]}"), name))
+    return rows, sorted(classes)
 
 
 def ssv2(path: Path, root: Path | None) -> tuple[list[Row], list[str] | None]:
@@ -97,7 +96,6 @@ def ssv2(path: Path, root: Path | None) -> tuple[list[Row], list[str] | None]:
     class the template without brackets, ordered by something-something-v2-labels.json."""
     entries = _json_list(path)
     order = _ssv2_labels(path.parent / SSV2_LABELS)
-    base = root if root is not None else path.parent
     rows = []
     for k, (line, entry) in enumerate(entries):
         if not (isinstance(entry, dict) and isinstance(entry.get("id"), (str, int))
@@ -107,7 +105,7 @@ def ssv2(path: Path, root: Path | None) -> tuple[list[Row], list[str] | None]:
         name = entry["template"].replace("[", "").replace("]", "")
         if order is not None and name not in order:
             raise ManifestError(path, line, f"class {name!r} is not in {SSV2_LABELS}")
-        rows.append((line, str(base / f"{entry['id']}.webm"), name))
+        rows.append((line, _clip(path, root, f"{entry['id']}.webm"), name))
     return rows, order
 
 
@@ -146,7 +144,7 @@ def mmaction2(path: Path, root: Path | None, rawframes: bool) -> tuple[list[Row]
     rows, indices = [], set()
     for line, text in _lines(path):
         tokens = text.split()
-        if len(tokens) != width or not all(_is_int(t) and int(t) >= 0 for t in tokens[1:]):
+        if len(tokens) != width or not all(t.isdigit() for t in tokens[1:]):
             shape = "frame_dir total_frames label_index" if rawframes else "path label_index"
             raise ManifestError(path, line, f"expected '{shape}' (whitespace separated), got {text!r}")
         indices.add(int(tokens[-1]))
@@ -168,7 +166,7 @@ def _class_index(path: Path) -> list[str]:
     by_index = {}
     for line, text in _lines(path):
         tokens = text.split()
-        if len(tokens) != 2 or not _is_int(tokens[0]):
+        if len(tokens) != 2 or not tokens[0].isdigit():
             raise ManifestError(path, line, f"expected 'index ClassName', got {text!r}")
         by_index[int(tokens[0])] = tokens[1]
     if sorted(by_index) != list(range(1, len(by_index) + 1)):
@@ -191,8 +189,8 @@ def _json_list(path: Path) -> list[tuple[int, object]]:
     """(line, element) of every element of the JSON list in `path`, in one pass."""
     text = path.read_text(encoding="utf-8-sig")
     decoder, entries = json.JSONDecoder(), []
-    i, line = len(text) - len(text.lstrip()), 1
-    line += text.count("\n", 0, i)
+    i = len(text) - len(text.lstrip())
+    line = 1 + text.count("\n", 0, i)
     if not text.startswith("[", i):
         raise ManifestError(path, line, "expected a JSON list of clips")
     i += 1
@@ -221,8 +219,4 @@ def _lines(path: Path):
         for number, text in enumerate(f, start=1):
             if text.strip():
                 yield number, text.strip()
-
-
-def _is_int(text: str) -> bool:
-    return text.isdigit()
 

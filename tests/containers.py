@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,13 @@ NOBODY = 65534
 # Small enough for two cores: 4 frames of 32x32, batches of 4, 2 epochs.
 SMALL = {"VIDTRAIN_FRAMES": "4", "VIDTRAIN_HEIGHT": "32", "VIDTRAIN_WIDTH": "32", "VIDTRAIN_BATCH_SIZE": "4",
          "VIDTRAIN_EPOCHS": "2", "VIDTRAIN_LOADER_WORKERS": "1", "VIDTRAIN_PREFETCH_BATCHES": "2"}
+
+
+@pytest.fixture(scope="module")
+def image():
+    """The image under test; the image test modules use it autouse."""
+    assert podman("image", "exists", IMAGE, check=False).returncode == 0, f"{IMAGE} missing: `make image` builds it"
+    return IMAGE
 
 
 def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:

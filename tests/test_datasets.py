@@ -29,6 +29,12 @@ def clip(path, codec="libx264", seed=0):
     return path
 
 
+def probed(items):
+    """(usable clips, skip kinds) when the real probe opens `items`."""
+    good, skipped = probe(items, workers=2)
+    return len(good), [s.kind for s in skipped]
+
+
 def names(items, root):
     return [(str(Path(p).relative_to(root)), label) for p, label in items]
 
@@ -88,8 +94,7 @@ def test_hmdb51_official_split_files(tmp_path, info_logs, caplog):
     val, _ = read_manifest(splits / "brush_hair_test_split1.txt", videos, role="val")
     assert names(val, videos) == [("brush_hair/Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi", 0),
                                   ("cartwheel/Bodenturnen_cartwheel_f_cm_np1_le_med_0.avi", 1)]
-    good, skipped = probe(train, workers=2)
-    assert len(good) == 1 and [s.kind for s in skipped] == ["missing"]
+    assert probed(train) == (1, ["missing"])
     (splits / "cartwheel_test_split1.txt").write_text("Acrobacias.avi 1\nBodenturnen.avi train\n")
     with pytest.raises(ManifestError, match=r"cartwheel_test_split1.txt, line 2: expected 'clip.avi 0\|1\|2'"):
         read_manifest(splits / "brush_hair_test_split1.txt", videos)
@@ -110,8 +115,7 @@ def test_ssv2_json_with_labels_file(tmp_path, info_logs, caplog):
     assert classes == ["Pushing something from left to right", "Putting something on a surface"]
     assert names(items, videos) == [("78687.webm", 1), ("42326.webm", 0)]
     assert "read as Something-Something-v2 JSON" in caplog.text
-    good, skipped = probe(items, workers=2)
-    assert len(good) == 2 and not skipped
+    assert probed(items) == (2, [])
     entries.append({"id": "1", "placeholders": []})  # a test-split entry: no template
     (tmp_path / "something-something-v2-train.json").write_text(json.dumps(entries, indent=1))
     with pytest.raises(ManifestError, match=r"train.json, line 18: entry 2 needs an 'id' and a 'template'"):
@@ -132,8 +136,7 @@ def test_kinetics_csv_finds_clips_flat_or_per_class(tmp_path, info_logs, caplog)
     assert names(items, videos) == [("abseiling/--07WQ2iBlw_000001_000011.mp4", 0),
                                     ("-VtLx-mcPds_000014_000024.mkv", 1), ("-3B32lodo2M_000059_000069.mp4", 0)]
     assert "read as Kinetics CSV: 3 train clips, 2 classes" in caplog.text
-    good, skipped = probe(items, workers=2)  # the third was never downloaded: reported, not lost
-    assert len(good) == 2 and [s.kind for s in skipped] == ["missing"]
+    assert probed(items) == (2, ["missing"])  # the third was never downloaded: reported, not lost
     (tmp_path / "bad.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,x,one,11,train\n")
     with pytest.raises(ManifestError, match=r"bad.csv, line 2: time_start/time_end must be numbers"):
         read_manifest(tmp_path / "bad.csv", videos)
@@ -149,8 +152,7 @@ def test_jester_csv_of_frame_folders_with_labels_file(tmp_path, info_logs, caplo
     assert classes == ["Swiping Left", "Swiping Right", "Stop Sign"]  # the labels file's order
     assert names(items, frames) == [("34870", 2), ("56557", 0)]
     assert "read as Jester CSV" in caplog.text
-    good, skipped = probe(items, workers=2)
-    assert len(good) == 2 and not skipped
+    assert probed(items) == (2, [])
     (tmp_path / "jester-v1-validation.csv").write_text("9223;Drumming Fingers\n")
     with pytest.raises(ManifestError, match=r"validation.csv, line 1: class 'Drumming Fingers' is not in"):
         read_manifest(tmp_path / "jester-v1-validation.csv", frames)
@@ -168,8 +170,7 @@ def test_mmaction2_video_and_rawframe_lists(tmp_path, info_logs, caplog):
     assert "read as MMAction2 video list" in caplog.text
     items, classes = read_manifest(tmp_path / "train_list_rawframes.txt", root)
     assert classes == ["1"] and names(items, root) == [("rawframes/a", 0)]
-    good, _ = probe(items, workers=1)
-    assert len(good) == 1
+    assert probed(items) == (1, [])
     (tmp_path / "bad.txt").write_text("videos/a.mp4 2\nvideos/b.mp4 two\n")
     with pytest.raises(ManifestError, match=r"bad.txt, line 2: expected 'path label_index'"):
         read_manifest(tmp_path / "bad.txt", root)

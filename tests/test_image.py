@@ -6,17 +6,13 @@ import uuid
 
 import pytest
 from containers import IMAGE, SMALL, env_args, exit_code, logs, podman, shared_dir, unreadable_by_another_user
+from containers import image  # noqa: F401 (the fixture)
 from jobs import free_port, prometheus_server, sample, scrape, wait_for
 
 from loader.demo import make_demo_dataset
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.image, pytest.mark.timeout(900), pytest.mark.usefixtures("image")]
 GRACE_S = 120  # what k8s/job.yaml gives (terminationGracePeriodSeconds)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def image():
-    assert podman("image", "exists", IMAGE, check=False).returncode == 0, f"{IMAGE} missing: `make image` builds it"
 
 
 @pytest.fixture

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from containers import IMAGE, SMALL, closed_modes, exit_code, find, logs, podman, pods_of, render
+from containers import SMALL, closed_modes, exit_code, find, logs, podman, pods_of, render
+from containers import image  # noqa: F401 (the fixture)
 
 from loader.demo import make_demo_dataset
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.image, pytest.mark.timeout(900), pytest.mark.usefixtures("image")]
 NETWORK = "vidtrain-test"  # a podman network with name resolution (aardvark-dns)
 CLAIMS = ("vidtrain-data", "vidtrain-output")  # podman kube play mounts the named volume of a claim
-
-
-@pytest.fixture(scope="module", autouse=True)
-def image():
-    assert podman("image", "exists", IMAGE, check=False).returncode == 0, f"{IMAGE} missing: `make image` builds it"
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kep
     clips' softmax. `accuracy` is the video-level top-1; the confusion matrix (rows: true class)
     and the per-class table are video-level too. `kept` (one bool per video) leaves videos out."""
     if kept is not None:
-        logits, labels = logits[np.repeat(kept, clips_per_video)], labels[np.repeat(kept, clips_per_video)]
+        entries = np.repeat(kept, clips_per_video)
+        logits, labels = logits[entries], labels[entries]
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

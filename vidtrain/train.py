@@ -316,8 +316,8 @@ class _Loop:
     def _board(self, epoch: int, logs: dict) -> None:
         started, wait, clips = self._epoch_start
         seconds = max(time.perf_counter() - started, 1e-9)
-        self.board.epoch(epoch, logs, learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-                         data_wait_share=(self._train_wait() - wait) / seconds,
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.board.epoch(epoch, logs, learning_rate=rate, data_wait_share=(self._train_wait() - wait) / seconds,
                          clips_per_second=(self.clips_trained - clips) / seconds)
 
     def _save(self, pos: Position) -> None:
