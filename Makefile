@@ -23,8 +23,10 @@ tools:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
-# The Dockerfile, with zero findings allowed (the manifests are validated in tests/test_deploy.py).
+# The code (ruff: pycodestyle, pyflakes, import order) and the Dockerfile (hadolint), with zero
+# findings allowed; the manifests are validated in tests/test_deploy.py.
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 
 test: $(STAMP) tools lint

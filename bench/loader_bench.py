@@ -29,8 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from loader import (FrameCache, PrefetchGenerator, VideoSequence, find_videos, make_demo_dataset,  # noqa: E402
-                    probe)
+from loader import FrameCache, PrefetchGenerator, VideoSequence, find_videos, make_demo_dataset, probe  # noqa: E402
 
 CACHE = Path(".cache")
 

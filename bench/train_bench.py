@@ -37,9 +37,9 @@ def cpu_model() -> str:
 
 
 def base_settings(model: str, epochs: int, **extra):
-    from vidtrain.settings import Settings
-
     import socket
+
+    from vidtrain.settings import Settings
 
     with socket.socket() as s:  # a free port for the job's /metrics
         s.bind(("127.0.0.1", 0))

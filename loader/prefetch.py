@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from loader.hooks import NullLoaderMetrics
 
-
 _END = object()  # no more batches: the epoch is over or the generator closed
 
 

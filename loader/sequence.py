@@ -16,8 +16,8 @@ import numpy as np
 
 from loader.decode import DecodeError, decode_clip
 from loader.hooks import NullLoaderMetrics
-from loader.prefetch import call_with_timeout
 from loader.index import Item, Skipped
+from loader.prefetch import call_with_timeout
 from loader.sampling import SAMPLING_MODES, window_indices
 
 log = logging.getLogger("vidtrain")

@@ -6,8 +6,8 @@ import pytest
 from conftest import CODECS, gradient_frames
 from PIL import Image
 
-from loader.demo import render_clip
 from loader.decode import DecodeError, check_decode_device, count_frames, decode_clip, decode_frames
+from loader.demo import render_clip
 
 
 def brightness(frames: np.ndarray) -> np.ndarray:

@@ -5,8 +5,17 @@ import time
 import uuid
 
 import pytest
-from containers import IMAGE, SMALL, env_args, exit_code, logs, podman, shared_dir, unreadable_by_another_user
-from containers import image  # noqa: F401 (the fixture)
+from containers import (
+    IMAGE,
+    SMALL,
+    env_args,
+    exit_code,
+    image,  # noqa: F401 (the fixture)
+    logs,
+    podman,
+    shared_dir,
+    unreadable_by_another_user,
+)
 from jobs import free_port, prometheus_server, sample, scrape, wait_for
 
 from loader.demo import make_demo_dataset

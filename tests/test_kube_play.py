@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from containers import SMALL, closed_modes, exit_code, find, logs, podman, pods_of, render
-from containers import image  # noqa: F401 (the fixture)
+from containers import (
+    SMALL,
+    closed_modes,
+    exit_code,
+    find,
+    image,  # noqa: F401 (the fixture)
+    logs,
+    podman,
+    pods_of,
+    render,
+)
 
 from loader.demo import make_demo_dataset
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from jobs import Recorder, job, settings, sigterm
 
-
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("info_logs")]
 # 10 train clips at batch 4: 3 steps an epoch (the last of 2 clips); 5 val clips: 2 val batches.
 STEPS, VAL_BATCHES, EPOCHS = 3, 2, 2
@@ -57,7 +56,7 @@ def test_history_has_one_value_per_epoch_and_the_epoch_loss_is_the_clip_mean(ref
     for epoch in range(EPOCHS):
         mine = [(loss, clips) for e, _, loss, clips in steps if e == epoch]
         assert [c for _, c in mine] == [4, 4, 2]
-        assert history["loss"][epoch] == pytest.approx(sum(l * c for l, c in mine) / 10, rel=1e-5)
+        assert history["loss"][epoch] == pytest.approx(sum(loss * c for loss, c in mine) / 10, rel=1e-5)
 
 
 def test_the_frame_cache_is_filled_in_the_first_epoch_and_read_in_the_second(reference):
@@ -83,7 +82,7 @@ def test_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_run(data, tm
     epoch1 = [(loss, clips) for e, _, loss, clips in first.steps + second.steps if e == 1]
     assert len(epoch1) == STEPS
     history = json.loads((out / "history.json").read_text())
-    assert history["loss"][1] == pytest.approx(sum(l * c for l, c in epoch1) / 10, rel=1e-5)
+    assert history["loss"][1] == pytest.approx(sum(loss * c for loss, c in epoch1) / 10, rel=1e-5)
     report = json.loads((out / "report.json").read_text())
     assert report["resumed_from"] == {"epoch": 1, "step": 2, "clips": 8}
     assert report["throughput"]["clips_trained"] == 2  # the interrupted epoch's last step only

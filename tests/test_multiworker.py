@@ -71,9 +71,9 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
     """Kubernetes may signal one pod (an eviction): the stop is agreed over all-reduce, so
     both stop at the same step (exit 143), the chief checkpoints, and a restart finishes with
     the history and weights of an uninterrupted run."""
+    import signal
     import subprocess
     import sys
-    import signal
 
     cache, out = tmp_path / "cache", tmp_path / "out"
     make_demo_dataset(cache / "demo", 5, 2, 0)  # shards 13 / 12 clips: 7 steps an epoch at batch 2

@@ -15,12 +15,28 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from loader import (DecodeError, ManifestError, ProbeInterrupted, VideoSequence, check_decode_device, find_videos,
-                    flip_label_map, probe, read_paths)
+from loader import (
+    DecodeError,
+    ManifestError,
+    ProbeInterrupted,
+    VideoSequence,
+    check_decode_device,
+    find_videos,
+    flip_label_map,
+    probe,
+    read_paths,
+)
 from loader.decode import IMAGE_EXTENSIONS
 from vidtrain import report
-from vidtrain.checkpoint import (CheckpointError, Checkpointer, OutputError, Position, ResumeMismatch, check_resume,
-                                 fingerprint)
+from vidtrain.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    OutputError,
+    Position,
+    ResumeMismatch,
+    check_resume,
+    fingerprint,
+)
 from vidtrain.control import Diverged, Stopped, StopRequest
 from vidtrain.data import NoDataError, Splits, assemble
 from vidtrain.export import export_saved_model

@@ -15,8 +15,18 @@ from pathlib import Path
 from typing import Literal
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import (AliasChoices, AnyHttpUrl, DirectoryPath, Field, FilePath, IPvAnyAddress, Json, SecretStr,
-                      ValidationError, model_validator)
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    DirectoryPath,
+    Field,
+    FilePath,
+    IPvAnyAddress,
+    Json,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from models import REGISTRY
