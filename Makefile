@@ -1,20 +1,25 @@
-# `make run` and `make test` work on a bare machine with python3 and make:
-# each creates .venv from the pinned requirements on first use.
+# `make run` and `make test` work on a bare machine with python3 and make: each creates .venv
+# on first use, `make run` from the pinned requirements.txt, `make test` adding requirements-dev.txt.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench tools image image-test clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(RUNTIME): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements.txt
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements-dev.txt
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(PY) entrypoint.py
 
 # Debian's prometheus package: the real server and promtool the metrics tests use.

@@ -7,25 +7,46 @@ import logging
 import os
 import sys
 
-from vidtrain.settings import ConfigError, load
+from vidtrain.settings import ConfigError, help_text, load
+
+
+def invalid(lines: list[str]) -> int:
+    print("vidtrain: invalid configuration:", *lines, sep="\n  ", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
     try:
         settings = load(argv)
     except ConfigError as exc:
-        print("vidtrain: invalid configuration:", *exc.lines, sep="\n  ", file=sys.stderr)
-        return 2
+        return invalid(exc.lines)
     user_onednn = "TF_ENABLE_ONEDNN_OPTS" in os.environ
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # under MultiWorkerMirroredStrategy: lines per step
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its C++ chatter down
     onednn = os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # TF leaves it off on CPUs without AVX-512 VNNI
-    logging.getLogger("vidtrain").info("TF_ENABLE_ONEDNN_OPTS=%s (%s)", onednn,
-                                       "set by the user" if user_onednn else "vidtrain's default: oneDNN kernels on")
+    from prometheus_client import CollectorRegistry
+
+    from vidtrain.metrics import serve
+
+    registry = CollectorRegistry()
+    try:  # before TensorFlow loads: a port in use is a configuration problem, found in a second
+        server = serve(registry, str(settings.metrics_addr), settings.metrics_port)
+    except OSError as exc:
+        return invalid([f"VIDTRAIN_METRICS_PORT={settings.metrics_port}: cannot serve metrics on "
+                        f"{settings.metrics_addr}:{settings.metrics_port} ({exc.strerror})"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # under MultiWorkerMirroredStrategy: lines per step
+    from vidtrain.runtime import describe_machine, load_tensorflow
+
+    tf, gpus = load_tensorflow()
+    who = "TF_ENABLE_ONEDNN_OPTS set by the user" if user_onednn else "vidtrain's default"
+    logging.getLogger("vidtrain").info("vidtrain on %s; TensorFlow %s, oneDNN %s (%s)", describe_machine(gpus),
+                                       tf.__version__, "on" if onednn == "1" else "off", who)
     from vidtrain.job import run
 
-    return run(settings, progress=sys.stderr.isatty())
+    return run(settings, progress=sys.stderr.isatty(), registry=registry, server=server)
 
 
 if __name__ == "__main__":

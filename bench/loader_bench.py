@@ -164,7 +164,7 @@ def main():
 
     root = make_demo_dataset(CACHE / "demo")
     items, _ = find_videos(root / "train")
-    items, _ = probe(items, workers=4, cache_file=CACHE / "probe.json", progress=False)
+    items, _, _ = probe(items, workers=4, progress=False)
     if args.rss_depth:
         return rss_only(items, args.rss_depth, args.workers)
     seq = VideoSequence(items, args.batch, args.frames, (args.size, args.size), shuffle=True, seed=0)

@@ -13,12 +13,14 @@ _HOMES = {
     "DecodeError": "decode", "check_decode_device": "decode", "count_frames": "decode", "decode_clip": "decode",
     "decode_frames": "decode",
     "DEMO_CLASSES": "demo", "make_demo_dataset": "demo",
-    "CacheHooks": "hooks", "LoaderHooks": "hooks", "NullCacheMetrics": "hooks", "NullLoaderMetrics": "hooks",
-    "ManifestError": "index", "ProbeInterrupted": "index", "Skipped": "index", "find_videos": "index",
-    "probe": "index", "read_manifest": "index", "read_paths": "index",
+    "CacheHooks": "hooks", "IndexHooks": "hooks", "LoaderHooks": "hooks", "NullCacheMetrics": "hooks",
+    "NullIndexMetrics": "hooks", "NullLoaderMetrics": "hooks",
+    "DatasetIndex": "index", "Listing": "index", "ProbeInterrupted": "index", "Skipped": "index",
+    "find_videos": "index", "list_clips": "index", "probe": "index", "read_manifest": "index", "read_paths": "index",
+    "ManifestError": "paths",
     "PrefetchGenerator": "prefetch",
     "random_offset_indices": "sampling", "sample_indices": "sampling", "stride_indices": "sampling",
-    "uniform_indices": "sampling",
+    "test_indices": "sampling", "uniform_indices": "sampling",
     "VideoSequence": "sequence", "flip_label_map": "sequence",
 }
 __all__ = sorted(_HOMES)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
-from loader.index import ManifestError, resolve
+from loader.paths import ManifestError, resolve
 
 Row = tuple[int, str, str]  # (line, clip path, class name)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv"})
@@ -136,20 +137,26 @@ def kinetics(path: Path, root: Path | None) -> tuple[list[Row], None]:
     return rows, None
 
 
-def mmaction2(path: Path, root: Path | None, rawframes: bool) -> tuple[list[Row], list[str]]:
+def mmaction2(path: Path, root: Path | None, rawframes: bool) -> tuple[list[Row], list[str], dict[str, int]]:
     """`path label_index` (videos) or `frame_dir total_frames label_index` (raw frames), whitespace
     separated, paths relative to the root (MMAction2's data_prefix). The classes are the label
-    indices as names ("0", "1", ...), in numeric order."""
+    indices as names ("0", "1", ...), in numeric order. A raw-frame list's total_frames are
+    returned by clip path (they need no probe)."""
     width = 3 if rawframes else 2
-    rows, indices = [], set()
+    rows, indices, frames = [], set(), {}
     for line, text in _lines(path):
         tokens = text.split()
         if len(tokens) != width or not all(t.isdigit() for t in tokens[1:]):
             shape = "frame_dir total_frames label_index" if rawframes else "path label_index"
             raise ManifestError(path, line, f"expected '{shape}' (whitespace separated), got {text!r}")
+        if rawframes and int(tokens[1]) < 1:
+            raise ManifestError(path, line, f"total_frames must be >= 1, got {tokens[1]}")
         indices.add(int(tokens[-1]))
-        rows.append((line, _clip(path, root, tokens[0]), tokens[-1]))
-    return rows, [str(i) for i in sorted(indices)]
+        clip = _clip(path, root, tokens[0])
+        rows.append((line, clip, tokens[-1]))
+        if rawframes:
+            frames[os.path.normpath(clip)] = int(tokens[1])
+    return rows, [str(i) for i in sorted(indices)], frames
 
 
 def jester_order(path: Path) -> list[str]:

@@ -1,10 +1,17 @@
-"""The built-in demo dataset: synthetic gesture clips, encoded as real video files.
+"""The built-in gesture datasets: synthetic clips, encoded as real video files.
 
-Five classes differ only in motion over time (a hand-like blob swipes left or
-right, moves up or down, or holds still), on varied cluttered backgrounds, at
-varied sizes and lengths. Start positions are drawn so that any single frame
-is ambiguous: a model has to use time. Everything is seeded: the same seed
-writes the same frames.
+The demo set: five classes differ only in motion over time (a hand-like blob
+swipes left or right, moves up or down, or holds still), on varied cluttered
+backgrounds, at varied sizes and lengths. Start positions are drawn so that any
+single frame is ambiguous: a model has to use time.
+
+The benchmark set (`variant="hard"`, `make bench-learn`) is what a camera in a
+room gives instead: 16:9 and 4:3 frames, camera shake, stronger sensor noise and
+flicker, background objects that move, a second object that wanders through
+every clip, gestures of varied speed (a third to most of the clip) and size, and
+a sixth class that moves without travelling (`wave`, a distractor for the swipes).
+
+Everything is seeded: the same seed writes the same bytes.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ import av
 import numpy as np
 
 DEMO_CLASSES = ("move_down", "move_up", "stop", "swipe_left", "swipe_right")
+HARD_CLASSES = DEMO_CLASSES + ("wave",)
+VARIANTS = {"demo": DEMO_CLASSES, "hard": HARD_CLASSES}
 # (dx, dy) direction of travel per class.
 _DIRECTIONS = {
     "move_down": (0, 1), "move_up": (0, -1), "stop": (0, 0),
-    "swipe_left": (-1, 0), "swipe_right": (1, 0),
+    "swipe_left": (-1, 0), "swipe_right": (1, 0), "wave": (0, 0),
 }
 _SIZES = ((96, 128), (96, 160), (120, 160), (112, 112), (72, 96))  # (h, w), even for yuv420p
+_HARD_SIZES = ((72, 128), (90, 160), (108, 192), (96, 128), (120, 160))  # 16:9 and 4:3
+_SHAKE = 3  # camera shake: up to this many pixels off centre
 _MARKER = "demo.json"
 # x264's macroblock-tree rate control made the same frames encode to different
 # bytes from run to run here; without it the files are byte-identical per seed.
@@ -46,6 +57,42 @@ def render_clip(label: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
+def render_hard_clip(label: str, rng: np.random.Generator) -> np.ndarray:
+    """Frames uint8 [T, H, W, 3] of one benchmark-set clip of class `label` (see the module docstring)."""
+    h, w = _HARD_SIZES[rng.integers(len(_HARD_SIZES))]
+    t = int(rng.integers(24, 49))
+    big_h, big_w = h + 2 * _SHAKE, w + 2 * _SHAKE  # drawn larger, cropped at the shaking camera's position
+    background = _background(big_h, big_w, rng)
+    movers = [(rng.integers(0, big_h - 8), rng.integers(0, big_w - 8), rng.integers(6, big_h // 3),
+               rng.integers(6, big_w // 3), rng.uniform(-0.5, 0.5, 2), rng.uniform(0, 255, 3))
+              for _ in range(int(rng.integers(1, 4)))]
+    radius = rng.uniform(0.14, 0.24) * min(h, w)
+    xs, ys = _trajectory(label, t, big_h, big_w, radius, rng, span=(rng.uniform(0.35, 0.8), rng.uniform(0.8, 1.0)))
+    if label == "wave":
+        cycles, amplitude = rng.uniform(1.5, 3.0), rng.uniform(0.08, 0.16) * w
+        xs = xs + amplitude * np.sin(2 * np.pi * cycles * np.arange(t) / t + rng.uniform(0, 2 * np.pi))
+    hand = np.array([rng.uniform(170, 240), rng.uniform(120, 180), rng.uniform(90, 150)])
+    other = rng.uniform(0, 255, 3)
+    other_r = rng.uniform(0.05, 0.09) * min(h, w)
+    walk = np.cumsum(rng.normal(0, 1.0, (2, t)), axis=1)  # it wanders through the clip
+    ox, oy = walk + np.array([[rng.uniform(0, big_w)], [rng.uniform(0, big_h)]])
+    shake = np.clip(np.cumsum(rng.normal(0, 0.6, (t, 2)), axis=0), -_SHAKE, _SHAKE).round().astype(int)
+    yy, xx = np.mgrid[0:big_h, 0:big_w]
+    frames = np.empty((t, h, w, 3))
+    noise = rng.uniform(4, 8)
+    for k in range(t):
+        canvas = background.copy()
+        for y0, x0, mh, mw, (vy, vx), colour in movers:
+            y, x = int(y0 + vy * k) % (big_h - mh), int(x0 + vx * k) % (big_w - mw)
+            canvas[y:y + mh, x:x + mw] = colour
+        canvas[(xx - ox[k]) ** 2 + (yy - oy[k]) ** 2 <= other_r ** 2] = other
+        canvas[(xx - xs[k]) ** 2 + (yy - ys[k]) ** 2 <= radius ** 2] = hand
+        dy, dx = shake[k] + _SHAKE
+        frames[k] = canvas[dy:dy + h, dx:dx + w] * rng.uniform(0.96, 1.04)  # flicker
+    frames += rng.normal(0, noise, frames.shape)
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     a, b = rng.uniform(0, 255, (2, 3))
     ramp = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
@@ -56,14 +103,21 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return bg
 
 
-def _trajectory(label: str, t: int, h: int, w: int, r: float, rng: np.random.Generator):
-    """Centre positions per frame; the move fills a random middle part of the clip."""
+def _trajectory(label: str, t: int, h: int, w: int, r: float, rng: np.random.Generator,
+                span: tuple[float, float] | None = None):
+    """Centre positions per frame; the move fills a random middle part of the clip, or the share
+    `span` = (length, latest end) of it."""
     dx, dy = _DIRECTIONS[label]
     lo_x, hi_x, lo_y, hi_y = r, w - r, r, h - r
     dist = rng.uniform(0.35, 0.6) * ((hi_x - lo_x) if dx else (hi_y - lo_y))
     x0 = rng.uniform(lo_x + (dist if dx < 0 else 0), hi_x - (dist if dx > 0 else 0))
     y0 = rng.uniform(lo_y + (dist if dy < 0 else 0), hi_y - (dist if dy > 0 else 0))
-    begin, end = rng.uniform(0, 0.25) * t, rng.uniform(0.75, 1.0) * t
+    if span is None:
+        begin, end = rng.uniform(0, 0.25) * t, rng.uniform(0.75, 1.0) * t
+    else:
+        length, latest = span
+        end = rng.uniform(length, max(latest, length)) * t
+        begin = end - length * t
     progress = np.clip((np.arange(t) - begin) / max(end - begin, 1), 0, 1)
     progress = 0.5 - 0.5 * np.cos(np.pi * progress)  # ease in and out
     jitter = rng.normal(0, 0.6, (2, t))
@@ -86,25 +140,31 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, code
 
 
 def make_demo_dataset(root: str | os.PathLike, train_per_class: int = 40, val_per_class: int = 12,
-                      seed: int = 0) -> Path:
-    """Write `root/{train,val}/<class>/*.mp4` once; reuse it when already complete.
+                      seed: int = 0, variant: str = "demo") -> Path:
+    """Write `root/{train,val}/<class>/*.mp4` once (`variant`: "demo", or "hard" for the benchmark
+    set); reuse it when already complete.
 
     Written into a temporary sibling then renamed, so a killed run never leaves
     a half-written dataset that a later run would take for complete.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
     root = Path(root)
     params = {"train": train_per_class, "val": val_per_class, "seed": seed, "version": 1}
+    if variant != "demo":
+        params["variant"] = variant
     marker = root / _MARKER
     if marker.exists() and json.loads(marker.read_text()) == params:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     rng = np.random.default_rng(seed)
+    render = render_hard_clip if variant == "hard" else render_clip
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for label in DEMO_CLASSES:
+        for label in VARIANTS[variant]:
             (tmp / split / label).mkdir(parents=True)
             for k in range(per_class):
-                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", render_clip(label, rng),
+                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", render(label, rng),
                             options=_REPRODUCIBLE_X264)
     (tmp / _MARKER).write_text(json.dumps(params))
     if root.exists():

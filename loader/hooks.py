@@ -47,3 +47,14 @@ class NullLoaderMetrics:
     def observe_data_wait(self, seconds: float) -> None: ...
     def set_queue_depth(self, depth: int) -> None: ...
     def count_skip(self, reason: str) -> None: ...
+
+
+class IndexHooks(Protocol):
+    def set_index_progress(self, done: int, total: int) -> None:
+        """Clips probed so far of the clips to probe (the probing thread)."""
+
+
+class NullIndexMetrics:
+    """IndexHooks that record nothing."""
+
+    def set_index_progress(self, done: int, total: int) -> None: ...

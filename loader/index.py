@@ -1,38 +1,42 @@
-"""Index: which clips exist and which class each belongs to; the up-front probe.
+"""Index: which clips exist, which class each belongs to, and how many frames each has.
 
-`find_videos` and `read_manifest` list (path, label) items. `probe` opens every
-clip once, in parallel, before training: unreadable, empty, audio-only or
-truncated files are excluded there with their reason instead of being
-discovered mid-epoch. Probe results are cached by (path, size, mtime).
+Listing: `find_videos` (class folders) and `read_manifest` / `list_clips` (a `path;label` CSV or
+a public dataset's own list, loader.datasets) give (path, label) items. Probing: `probe` looks at
+every clip once, in parallel with a bounded window, and splits the items into usable clips with
+their frame counts and skipped clips with their reasons; a list that gives frame counts (MMAction2
+raw frames) needs no probe. `DatasetIndex` holds the outcome and is written once (atomically) for
+restarts and other workers to read instead of probing again (MMAction2 and DALI work from an
+annotation list the same way: the expensive look at every file happens once).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
 import sys
-import tempfile
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from loader import datasets
+from loader.atomic import write_json_atomic
 from loader.decode import DecodeError, count_frames
-from loader.prefetch import call_with_timeout
+from loader.hooks import NullIndexMetrics
+from loader.paths import ManifestError, resolve
+from loader.prefetch import Interrupted, map_bounded
 
 log = logging.getLogger("vidtrain")
 Item = tuple[str, int]  # (path, label index)
+INDEX_CHECKS = ("header", "decode")  # how closely the probe looks at a clip
+PROGRESS_EVERY_S = 10.0  # a progress line this often in a log (no terminal)
 
-
-class ManifestError(ValueError):
-    """A manifest row that cannot be used; names the file and line."""
-
-    def __init__(self, manifest: str | os.PathLike, line: int, message: str):
-        super().__init__(f"{manifest}, line {line}: {message}")
-        self.manifest, self.line = str(manifest), line
+__all__ = ["DatasetIndex", "INDEX_CHECKS", "Item", "Listing", "ManifestError", "ProbeInterrupted", "Skipped",
+           "find_videos", "list_clips", "probe", "read_manifest", "read_paths", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,17 @@ class Skipped:
     label: int | None = None
 
 
+@dataclass
+class Listing:
+    """A list's clips as (path, label) items, its class names, the frame counts it gives (MMAction2
+    raw-frame lists: path -> total_frames) and the name of its format."""
+
+    items: list[Item]
+    class_names: list[str]
+    frames: dict[str, int] = field(default_factory=dict)
+    format: str = "class folders"
+
+
 def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
     """Items of `root/<class>/<clip>` (a clip is a video file or a folder of frames).
 
@@ -53,19 +68,26 @@ def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     items = [
-        (str(clip), label)
+        (os.path.join(root, name, clip), label)
         for label, name in enumerate(class_names)
-        for clip in sorted((root / name).iterdir())
-        if not clip.name.startswith(".")
+        for clip in sorted(os.listdir(root / name))
+        if not clip.startswith(".")
     ]
     return items, class_names
 
 
 def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | None = None,
                   role: str = "train") -> tuple[list[Item], list[str]]:
-    """Items of an annotation file, its format recognised from the file (see loader.datasets):
+    """Items and class names of an annotation file (see `list_clips`)."""
+    listing = list_clips(csv_path, video_root, role)
+    return listing.items, listing.class_names
+
+
+def list_clips(csv_path: str | os.PathLike, video_root: str | os.PathLike | None = None,
+               role: str = "train") -> Listing:
+    """The clips of an annotation file, its format recognised from the file (see loader.datasets):
     a `path;label` or `path;label;index` manifest, or a public dataset's own list (UCF101/HMDB51
     split lists, Something-Something-v2 JSON, Kinetics CSV, Jester CSV, MMAction2 lists).
 
@@ -77,17 +99,16 @@ def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | N
     twice counts once; under two labels it is an error naming both lines. `role` ("train" or
     "val") picks the clips of a file that marks both (HMDB51's official split files).
     """
-    from loader import datasets
-
     path, root = Path(csv_path), Path(video_root) if video_root is not None else None
     kind = datasets.detect(path)
+    frames: dict[str, int] = {}
     if kind in ("csv", "jester"):
         rows, order = _csv(path, root)
         order = datasets.jester_order(path) if kind == "jester" else order
     elif kind == "hmdb51":
         rows, order = datasets.hmdb51(path, root, role)
     elif kind.startswith("mmaction2"):
-        rows, order = datasets.mmaction2(path, root, rawframes=kind.endswith("rawframes"))
+        rows, order, frames = datasets.mmaction2(path, root, rawframes=kind.endswith("rawframes"))
     else:
         rows, order = getattr(datasets, kind)(path, root)
     rows = _dedupe(path, rows)
@@ -98,7 +119,7 @@ def read_manifest(csv_path: str | os.PathLike, video_root: str | os.PathLike | N
             raise ManifestError(path, line, f"class {name!r} is not in the dataset's class list")
     log.info("%s: read as %s: %d %s clips, %d classes", path, datasets.NAMES[kind], len(rows), role,
              len(class_names))
-    return [(clip, lookup[name]) for _, clip, name in rows], class_names
+    return Listing([(clip, lookup[name]) for _, clip, name in rows], class_names, frames, datasets.NAMES[kind])
 
 
 def _csv(csv_path: Path, root: Path | None) -> tuple[list[tuple[int, str, str]], list[str]]:
@@ -134,6 +155,7 @@ def _dedupe(manifest: Path, rows: list[tuple[int, str, str]]) -> list[tuple[int,
     first: dict[str, tuple[int, str]] = {}
     kept = []
     for line, clip, label in rows:
+        clip = os.path.normpath(clip)
         if clip not in first:
             first[clip] = (line, label)
             kept.append((line, clip, label))
@@ -177,105 +199,171 @@ def _class_order(csv_path: Path, rows: list[tuple[int, tuple[str, str, int | Non
     return [label_of[i] for i in sorted(label_of)]
 
 
-def resolve(manifest: Path, path: str, root: Path | None = None) -> str:
-    """A manifest's clip path: absolute as given; else under `root` (VIDEO_ROOT) when given; else
-    beside the manifest, or in the folder named like it when only found there."""
-    p = Path(path)
-    if p.is_absolute():
-        return str(p)
-    if root is not None:
-        return str(root / p)
-    beside = manifest.parent / p
-    named = manifest.parent / manifest.stem / p
-    return str(named if not beside.exists() and named.exists() else beside)
-
-
+# -- probing ---------------------------------------------------------------------------------------
 class ProbeInterrupted(RuntimeError):
     """The probe stopped early because `stop_when()` became true."""
 
 
-def probe(items: list[Item], workers: int = 4, cache_file: str | os.PathLike | None = None,
-          progress: bool = True, timeout: float | None = None, stop_when=None) -> tuple[list[Item], list[Skipped]]:
-    """Open every clip once (in parallel) and split items into usable and skipped.
+def probe(items: list[Item], workers: int = 16, progress: bool = True, timeout: float | None = None,
+          stop_when=None, known: dict[str, int] | None = None, template: str | None = None,
+          check: str = "header", metrics=None) -> tuple[list[Item], list[Skipped], list[int]]:
+    """Look at every clip once, in parallel, and split `items` into usable and skipped ones.
 
-    Input order is kept. A file that changed since the cached probe (size or
-    mtime) is probed again. A clip whose probe takes over `timeout` seconds is
-    skipped with kind "timeout". `stop_when()` is checked at least twice a
-    second; once true, pending probes are cancelled and ProbeInterrupted raised.
-    A cache file that cannot be written costs a warning.
+    Returns (usable items, skipped, frame counts of the usable items), input order kept.
+    `check="header"` (the default) reads a video's frame count from its container (opening it
+    with the decoder where the container does not store one) and lists a frame folder; "decode"
+    also decodes the last frame and reads every frame image's header, so a truncated file fails
+    here rather than mid-epoch. Either way a clip whose header lies is caught when it is loaded,
+    like any bad clip. `known` gives frame counts that need no probe (a raw-frame list's
+    total_frames). `workers` threads probe with at most 2 x workers clips in flight; a clip whose
+    probe takes over `timeout` seconds is skipped with kind "timeout". `stop_when()` is checked at
+    least twice a second; once true, ProbeInterrupted is raised. Progress goes to a bar on a
+    terminal (`progress`), else to the log every PROGRESS_EVERY_S seconds, and to
+    `metrics.set_index_progress(done, total)`.
     """
-    cache = _load_cache(cache_file)
-    keys = [_cache_key(path) for path, _ in items]
-    todo = sorted({k for k in keys if k is not None and k not in cache})
-    if todo:
-        cache.update(_probe_all(todo, workers, progress, timeout, stop_when))
-    if cache_file is not None and todo:
-        try:  # a timeout may pass (a busy disk): probe such a clip again next time
-            _save_cache(cache_file, {k: v for k, v in cache.items() if v.get("kind") != "timeout"})
-        except OSError as exc:
-            log.warning("probe cache %s cannot be written (%s): clips are probed again next time", cache_file,
-                        exc.strerror or exc)
-    usable, skipped = [], []
-    for (path, label), key in zip(items, keys):
-        entry = {"error": "missing file", "kind": "missing"} if key is None else cache[key]
-        if entry["error"]:
-            skipped.append(Skipped(path, entry["error"], entry["kind"], label))
+    if check not in INDEX_CHECKS:
+        raise ValueError(f"check must be one of {INDEX_CHECKS}, got {check!r}")
+    known = known or {}
+    todo = list(dict.fromkeys(path for path, _ in items if path not in known))
+    outcomes: dict[str, int | DecodeError] = {path: frames for path, frames in known.items()}
+    reporter = _Progress(len(todo), progress, metrics or NullIndexMetrics())
+    try:
+        for path, frames, error in map_bounded(lambda p: count_frames(p, check == "decode", template), todo,
+                                               workers, timeout, stop_when):
+            outcomes[path] = frames if error is None else _as_decode_error(path, error, timeout)
+            reporter.advance()
+    except Interrupted:
+        raise ProbeInterrupted(f"probe stopped with {len(todo) - reporter.done} of {len(todo)} clips left") from None
+    finally:
+        reporter.close()
+    usable, skipped, frames = [], [], []
+    for path, label in items:
+        outcome = outcomes[path]
+        if isinstance(outcome, DecodeError):
+            skipped.append(Skipped(path, outcome.reason, outcome.kind, label))
         else:
             usable.append((path, label))
-    return usable, skipped
+            frames.append(int(outcome))
+    return usable, skipped, frames
 
 
-def _probe_all(keys: list[str], workers: int, progress: bool, timeout, stop_when) -> dict:
-    results = {}
-    bar = tqdm(total=len(keys), desc="probing clips", unit="clip", disable=not progress, file=sys.stderr,
-               mininterval=1.0)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vidtrain-probe")
-    try:
-        pending = {pool.submit(_probe_one, key.rsplit("|", 2)[0], timeout): key for key in keys}
-        while pending:
-            if stop_when is not None and stop_when():
-                raise ProbeInterrupted(f"probe stopped with {len(pending)} of {len(keys)} clips left")
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in done:
-                results[pending.pop(future)] = future.result()
-            bar.update(len(done))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
-    return results
+def _as_decode_error(path: str, error: BaseException, timeout: float | None) -> DecodeError:
+    if isinstance(error, DecodeError):
+        return error
+    if isinstance(error, TimeoutError):
+        return DecodeError(path, f"probing took over {timeout:g} s (a hung decoder?)", "timeout")
+    if isinstance(error, FileNotFoundError):
+        return DecodeError(path, "missing file", "missing")
+    if isinstance(error, OSError):
+        return DecodeError(path, f"cannot be read ({error.strerror or error})")
+    return DecodeError(path, f"cannot be read ({type(error).__name__}: {error})")  # a decoder's own error
 
 
-def _probe_one(path: str, timeout: float | None = None) -> dict:
-    try:
-        return {"frames": call_with_timeout(count_frames, timeout, path, True), "error": None}
-    except TimeoutError:
-        return {"frames": 0, "error": f"probing took over {timeout:g} s (a hung decoder?)", "kind": "timeout"}
-    except DecodeError as exc:
-        return {"frames": 0, "error": exc.reason, "kind": exc.kind}
+class _Progress:
+    """Probe progress: a tqdm bar on a terminal, else a log line every PROGRESS_EVERY_S seconds
+    (done/total, rate, time left); always the index metric."""
+
+    def __init__(self, total: int, terminal: bool, metrics):
+        self.total, self.done, self.metrics = total, 0, metrics
+        self.began = self.logged = time.monotonic()
+        self.bar = tqdm(total=total, desc="indexing clips", unit="clip", file=sys.stderr, mininterval=1.0) \
+            if terminal and total else None
+        metrics.set_index_progress(0, total)
+        if total and not terminal:
+            log.info("indexing %d clips", total)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+        now = time.monotonic()
+        if now - self.logged >= PROGRESS_EVERY_S or self.done == self.total:
+            self.metrics.set_index_progress(self.done, self.total)
+            if self.bar is None and self.done < self.total:
+                rate = self.done / max(now - self.began, 1e-9)
+                log.info("indexing: %d / %d clips (%.0f/s, about %.0f s left)", self.done, self.total, rate,
+                         (self.total - self.done) / max(rate, 1e-9))
+            self.logged = now
+
+    def close(self) -> None:
+        self.metrics.set_index_progress(self.done, self.total)
+        if self.bar is not None:
+            self.bar.close()
+        if self.total and self.done == self.total:
+            seconds = time.monotonic() - self.began
+            log.info("indexed %d clips in %.1f s (%.0f/s)", self.total, seconds, self.total / max(seconds, 1e-9))
 
 
-def _cache_key(path: str) -> str | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    size = len(os.listdir(path)) if os.path.isdir(path) else st.st_size
-    return f"{os.path.abspath(path)}|{size}|{st.st_mtime_ns}"
+# -- the stored index ------------------------------------------------------------------------------
+INDEX_FILE = "index.json"
+INDEX_VERSION = 1
 
 
-def _load_cache(cache_file: str | os.PathLike | None) -> dict:
-    if cache_file is None or not os.path.exists(cache_file):
-        return {}
-    try:
-        return json.loads(Path(cache_file).read_text())
-    except (OSError, ValueError):
-        return {}  # a damaged cache costs one re-probe, never a wrong answer
+@dataclass
+class DatasetIndex:
+    """The probed dataset: usable training and validation clips with their frame counts, class
+    names, skipped clips with reasons (of the training and of the validation list), what it was
+    built from (`source`: the settings that name the lists) and a digest of the lists as they were
+    then (`lists_sha256`). `val` is None when validation clips are to be held out of `train` (no
+    validation list)."""
+
+    class_names: list[str]
+    train: list[Item]
+    train_frames: list[int]
+    val: list[Item] | None
+    val_frames: list[int] | None
+    skipped: list[Skipped]
+    val_skipped: list[Skipped]
+    source: dict
+    lists_sha256: str
+    built: float = field(default_factory=time.time)
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """Write atomically to `folder`/index.json (a reader sees the old index or the new one)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def split(items, frames):
+            return None if items is None else {"paths": [p for p, _ in items], "labels": [lb for _, lb in items],
+                                               "frames": frames}
+
+        write_json_atomic(folder / INDEX_FILE, {
+            "version": INDEX_VERSION, "built": self.built, "source": self.source, "lists_sha256": self.lists_sha256,
+            "class_names": self.class_names, "train": split(self.train, self.train_frames),
+            "val": split(self.val, self.val_frames), "skipped": [asdict(s) for s in self.skipped],
+            "val_skipped": [asdict(s) for s in self.val_skipped]}, indent=None)
+        return folder / INDEX_FILE
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> DatasetIndex | None:
+        """The index in `folder`, or None when there is none (or it is of another version). Raises
+        ValueError naming the file when it cannot be parsed."""
+        path = Path(folder) / INDEX_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} cannot be read ({exc})") from None
+        if data.get("version") != INDEX_VERSION:
+            return None
+
+        def split(part):
+            if part is None:
+                return None, None
+            return list(zip(part["paths"], part["labels"])), part["frames"]
+
+        train, train_frames = split(data["train"])
+        val, val_frames = split(data["val"])
+        return cls(data["class_names"], train, train_frames, val, val_frames, [Skipped(**s) for s in data["skipped"]],
+                   [Skipped(**s) for s in data["val_skipped"]], data["source"], data["lists_sha256"], data["built"])
 
 
-def _save_cache(cache_file: str | os.PathLike, cache: dict) -> None:
-    cache_file = Path(cache_file)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".probe-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(cache, f)
-    os.replace(tmp, cache_file)
+def lists_digest(train: list[Item], val: list[Item] | None) -> str:
+    """sha256 of the listed clips (before probing): whether the lists changed since an index was built."""
+    digest = hashlib.sha256()
+    for items in (train, val or []):
+        for path, label in items:
+            digest.update(f"{path}\0{label}\n".encode())
+        digest.update(b"--\n")
+    return digest.hexdigest()

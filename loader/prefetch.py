@@ -1,8 +1,9 @@
-"""Prefetch: worker threads build batches ahead of the training loop; and calls with a time limit.
+"""Prefetch: worker threads build batches ahead of the training loop; calls with a time limit; and a
+bounded parallel map (the index's probe).
 
-The loader's concurrency lives here (the frame cache keeps one lock for its byte count). One condition variable
-guards all shared state; workers hold it only to claim a batch number or to
-hand in a result, never while building a batch.
+The loader's concurrency lives here (the frame cache keeps one lock for its byte count). In the
+PrefetchGenerator one condition variable guards all shared state; workers hold it only to claim a
+batch number or to hand in a result, never while building a batch.
 
 Guarantees: batches come in index order, each exactly once per epoch; no
 more than `depth` batches are built-or-waiting at any time; a worker's
@@ -13,9 +14,11 @@ every thread, also when the consumer stops early.
 
 from __future__ import annotations
 
+import itertools
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from loader.hooks import NullLoaderMetrics
@@ -47,6 +50,88 @@ def call_with_timeout(fn, seconds: float | None, *args):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+class Interrupted(RuntimeError):
+    """`map_bounded` stopped early because its `stop_when()` became true."""
+
+
+def map_bounded(fn: Callable, items: Iterable, workers: int, timeout: float | None = None,
+                stop_when: Callable[[], bool] | None = None, poll: float = 0.5) -> Iterator[tuple]:
+    """Yield (item, result, error) for fn(item) over `items`, in order of completion, from `workers`
+    threads with at most 2 x workers items taken from `items` at a time (memory and look-up cost
+    stay flat however many items there are). `error` is the exception fn raised (then result is
+    None), or a TimeoutError for a call still running after `timeout` seconds: its thread is
+    abandoned (a call hung inside FFmpeg cannot be stopped) and a new one takes its place.
+    `stop_when()` is checked every `poll` seconds at least; once true, Interrupted is raised.
+    Called from one thread; leaving early (an exception, or closing the generator) lets every
+    worker finish its current call and exit."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    jobs: queue.SimpleQueue = queue.SimpleQueue()  # (token, item); None: exit
+    results: queue.SimpleQueue = queue.SimpleQueue()  # (token, item, result, error)
+    lock = threading.Lock()
+    running: dict[int, tuple[object, float]] = {}  # token -> (item, started); guarded by lock
+    abandoned: set[int] = set()  # tokens whose caller was told TimeoutError; guarded by lock
+
+    def work() -> None:
+        while (job := jobs.get()) is not None:
+            token, item = job
+            with lock:
+                running[token] = (item, time.monotonic())
+            try:
+                outcome = (fn(item), None)
+            except Exception as exc:  # noqa: BLE001 - it travels to the caller
+                outcome = (None, exc)
+            with lock:
+                running.pop(token, None)
+                late = token in abandoned
+            if late:
+                return  # a replacement thread took this one's place
+            results.put((token, item, *outcome))
+
+    def start_worker() -> None:
+        threading.Thread(target=work, name="vidtrain-map", daemon=True).start()
+
+    source, tokens, in_flight = iter(items), itertools.count(), 0
+    threads = workers
+    for _ in range(workers):
+        start_worker()
+    try:
+        for item in itertools.islice(source, 2 * workers):
+            jobs.put((next(tokens), item))
+            in_flight += 1
+        checked = time.monotonic()
+        while in_flight:
+            if stop_when is not None and stop_when():
+                raise Interrupted(f"stopped with {in_flight} calls in flight")
+            try:
+                token, item, result, error = results.get(timeout=poll)
+                done = [(item, result, error)]
+            except queue.Empty:
+                done = []
+            now = time.monotonic()
+            if timeout is not None and now - checked >= min(poll, timeout / 4):
+                checked = now
+                with lock:
+                    expired = [(t, it) for t, (it, began) in running.items() if now - began > timeout]
+                    for t, _ in expired:
+                        del running[t]
+                        abandoned.add(t)
+                for _, it in expired:
+                    done.append((it, None, TimeoutError(f"no result after {timeout:g} s")))
+                    start_worker()
+                    threads += 1
+            for outcome in done:
+                in_flight -= 1
+                item = next(source, _END)
+                if item is not _END:
+                    jobs.put((next(tokens), item))
+                    in_flight += 1
+                yield outcome
+    finally:
+        for _ in range(threads):
+            jobs.put(None)
 
 
 @dataclass

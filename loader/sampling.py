@@ -68,13 +68,30 @@ def sample_indices(
     raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
 
 
-def window_indices(mode: str, num_frames: int, frames: int, window: int, windows: int,
-                   rng: np.random.Generator | None = None, stride: int = 2) -> np.ndarray:
-    """`mode` sampling inside window `window` of `windows` equal temporal windows (frames
-    [w * n / W, (w + 1) * n / W)): the clips of multi-clip evaluation. One window is the whole clip."""
-    if not 0 <= window < windows:
-        raise ValueError(f"window must be in [0, {windows - 1}], got {window}")
+def test_indices(mode: str, num_frames: int, frames: int, clip: int = 0, clips: int = 1,
+                 stride: int = 2) -> np.ndarray:
+    """Clip `clip` of `clips` test-time clips of a video, at the training's time scale (the
+    field's practice: MMAction2's SampleFrames(test_mode=True), TSN's segment grid).
+
+    uniform / random: the training's `frames` segments over the whole video, one frame in each,
+    at offset (clip + 0.5) / clips of the segment: every clip spans the whole video, the clips
+    interleave, and one clip is the plain uniform sampling. stride: `clips` windows of the
+    training's span ((frames - 1) * stride + 1), their starts spread evenly over the video; one
+    clip is the centred window."""
+    if not 0 <= clip < clips:
+        raise ValueError(f"clip must be in [0, {clips - 1}], got {clip}")
     _check(num_frames, frames)
-    start = window * num_frames // windows
-    end = max((window + 1) * num_frames // windows, start + 1)  # a clip shorter than `windows` repeats frames
-    return start + sample_indices(mode, end - start, frames, rng, stride)
+    if mode in ("uniform", "random"):
+        positions = (np.arange(frames) + (clip + 0.5) / clips) * num_frames / frames
+        return np.minimum(positions.astype(np.int64), num_frames - 1)
+    if mode == "stride":
+        room = max(num_frames - ((frames - 1) * stride + 1), 0)
+        return stride_indices(num_frames, frames, stride, (2 * clip + 1) * room // (2 * clips))
+    raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+
+
+def describe_test_clip(mode: str, frames: int, stride: int = 2) -> str:
+    """How `test_indices` takes one clip of a video, in words (for a server that samples clips itself)."""
+    if mode == "stride":
+        return f"{frames} frames, every {stride}th, in a window centred in the video"
+    return f"{frames} frames: the centre frame of each of {frames} equal segments of the video"

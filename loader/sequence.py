@@ -18,7 +18,7 @@ from loader.decode import DecodeError, decode_clip
 from loader.hooks import NullLoaderMetrics
 from loader.index import Item, Skipped
 from loader.prefetch import call_with_timeout
-from loader.sampling import SAMPLING_MODES, window_indices
+from loader.sampling import SAMPLING_MODES, sample_indices, test_indices
 
 log = logging.getLogger("vidtrain")
 ON_BAD_VIDEO = ("skip", "fail")
@@ -41,21 +41,28 @@ class VideoSequence(keras.utils.PyDataset):
     ones from it: the batches are byte-identical to uncached ones. A clip
     whose decode takes longer than `decode_timeout` seconds (a hung decoder)
     fails with kind "timeout" and is replaced like any other bad clip.
+    `frame_template` names the RGB frames of frame folders (`loader.decode.frame_files`);
+    `frame_counts` (path -> frames, from the dataset index) lets the cache decide whether a clip
+    fits before decoding it whole.
     `crop` turns on random resized crops (`random_resized_crop`), the same for every frame of
-    a clip. `clips_per_video=N` (multi-clip evaluation) yields N clips of each video, one from each of
-    N equal temporal windows, consecutively: entry e is window e % N of clip e // N.
+    a clip. `test_mode` (validation, evaluation, prediction) takes deterministic test-time clips
+    at the training's time scale (`loader.sampling.test_indices`); `clips_per_video=N` (multi-clip
+    evaluation, test mode only) yields N such clips of each video, consecutively: entry e is clip
+    e % N of video e // N.
     """
 
     def __init__(self, items: Sequence[Item], batch_size: int, frames: int, size: tuple[int, int] = (112, 112),
                  shuffle: bool = False, seed: int = 0, sampling: str = "uniform", stride: int = 2,
                  flip_labels: Mapping[int, int] | None = None, on_bad_video: str = "skip", device: str = "cpu",
                  shard: tuple[int, int] = (0, 1), metrics=None, cache=None, decode_timeout: float | None = None,
-                 clips_per_video: int = 1, crop: bool = False, **pydataset_kwargs):
+                 clips_per_video: int = 1, crop: bool = False, test_mode: bool = False,
+                 frame_template: str | None = None, frame_counts: Mapping[str, int] | None = None,
+                 **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
-        if clips_per_video < 1:
-            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
-        self.clips_per_video = clips_per_video
+        if clips_per_video < 1 or (clips_per_video > 1 and not test_mode):
+            raise ValueError(f"clips_per_video must be >= 1 (> 1 only in test mode), got {clips_per_video}")
+        self.clips_per_video, self.test_mode = clips_per_video, test_mode
         self.items = list(items)[shard[0] :: shard[1]]
         if not self.items:
             raise ValueError(f"no clips to load (shard {shard[0]} of {shard[1]} of {len(items)} items)")
@@ -65,13 +72,14 @@ class VideoSequence(keras.utils.PyDataset):
         self.crop = crop
         self.on_bad_video, self.device = on_bad_video, device
         self.metrics = metrics or NullLoaderMetrics()
-        self.cache, self.decode_timeout = cache, decode_timeout
+        self.cache, self.decode_timeout, self.frame_template = cache, decode_timeout, frame_template
+        self.frame_counts = frame_counts or {}
         self._failed: dict[str, Skipped] = {}  # path -> why; written by worker threads (dict ops are atomic)
         self.set_epoch(0)
 
     @property
     def num_entries(self) -> int:
-        """Clips per epoch: every video's clips_per_video windows."""
+        """Clips per epoch: every video's clips_per_video test clips."""
         return len(self.items) * self.clips_per_video
 
     def __len__(self) -> int:
@@ -105,14 +113,16 @@ class VideoSequence(keras.utils.PyDataset):
             x[row], y[row] = self._load(*divmod(int(entry), self.clips_per_video))
         return x, y
 
-    def _load(self, clip: int, window: int = 0) -> tuple[np.ndarray, int]:
-        rng = np.random.default_rng([self.seed, self.epoch, clip] + ([window] if window else []))
+    def _load(self, clip: int, view: int = 0) -> tuple[np.ndarray, int]:
         for attempt in range(MAX_REPLACEMENTS + 1):
             path, label = self.items[(clip + attempt) % len(self.items)]
             if path in self._failed:
                 continue
+            # A fresh generator per attempt: a clip that fails mid-decode consumes no random numbers of
+            # its replacement, so the batch is the same whether the failure is new or already known.
+            rng = np.random.default_rng([self.seed, self.epoch, clip] + ([view] if view else []))
             try:
-                frames = self._decode(path, self._sampler(rng, window))
+                frames = self._decode(path, self._sampler(rng, view))
             except DecodeError as exc:
                 if self.on_bad_video == "fail":
                     raise
@@ -125,7 +135,8 @@ class VideoSequence(keras.utils.PyDataset):
         """Frames `sample(num_frames)` of the clip: through the cache when there is one."""
         if self.cache is not None:
             try:
-                every = self.cache.frames(path, self.size, lambda: self._timed_decode(path, np.arange))
+                every = self.cache.frames(path, self.size, lambda: self._timed_decode(path, np.arange),
+                                          self.frame_template, self.frame_counts.get(path))
             except DecodeError as exc:
                 if exc.kind == "timeout":
                     raise
@@ -136,14 +147,17 @@ class VideoSequence(keras.utils.PyDataset):
 
     def _timed_decode(self, path: str, sample) -> np.ndarray:
         try:
-            return call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size, self.device)
+            return call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size, self.device,
+                                     self.frame_template)
         except TimeoutError:
             raise DecodeError(path, f"decoding took over {self.decode_timeout:g} s (a hung decoder?)",
                               "timeout") from None
 
-    def _sampler(self, rng: np.random.Generator, window: int):
-        return lambda num_frames: window_indices(self.sampling, num_frames, self.frames, window,
-                                                 self.clips_per_video, rng, self.stride)
+    def _sampler(self, rng: np.random.Generator, view: int):
+        if self.test_mode:
+            return lambda num_frames: test_indices(self.sampling, num_frames, self.frames, view,
+                                                   self.clips_per_video, self.stride)
+        return lambda num_frames: sample_indices(self.sampling, num_frames, self.frames, rng, self.stride)
 
     def _augment(self, frames: np.ndarray, label: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         if self.flip_labels is not None and rng.random() < 0.5:
@@ -154,7 +168,9 @@ class VideoSequence(keras.utils.PyDataset):
 
     def _record_failure(self, exc: DecodeError) -> None:
         if exc.path not in self._failed:
-            kind = "timeout" if exc.kind == "timeout" else "decode_failed"
+            # The probe's kinds where the cause is the same (a frame folder the template leaves empty, a
+            # file gone); anything else that fails after the probe passed is a decode failure.
+            kind = exc.kind if exc.kind in ("empty", "missing", "timeout") else "decode_failed"
             self._failed[exc.path] = Skipped(exc.path, exc.reason, kind)
             self.metrics.count_skip(kind)
             log.warning("skipping %s: %s (failed while decoding; the next clip takes its place)", exc.path,
@@ -164,6 +180,15 @@ class VideoSequence(keras.utils.PyDataset):
     def skipped(self) -> list[Skipped]:
         """Clips that failed at decode time and were replaced."""
         return list(self._failed.values())
+
+    def restore_skipped(self, skipped: Sequence[Skipped]) -> None:
+        """Take over the decode failures of an earlier run (a resume): those of this sequence's clips
+        are replaced from the start, as they were after they failed. Call before building batches."""
+        mine = {path for path, _ in self.items}
+        for s in skipped:
+            if s.path in mine and s.path not in self._failed:
+                self._failed[s.path] = s
+                self.metrics.count_skip(s.kind)
 
 
 def random_resized_crop(frames: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),

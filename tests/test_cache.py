@@ -187,3 +187,91 @@ def test_a_cache_that_cannot_be_written_warns_once_and_decoding_goes_on(videos, 
         got = list(batches)
     assert_identical(got, [VideoSequence(videos, 2, 8, (48, 40))[i] for i in range(len(seq))])
     assert caplog.text.count("cannot be written") == 1
+
+
+# -- a cache without a tax (full, too large, shared by processes) ------------------------------------
+class FrameCounter:
+    """Wraps loader.sequence.decode_clip: how many distinct frames were asked of the decoder in all."""
+
+    def __init__(self, monkeypatch):
+        import loader.sequence
+
+        self.frames, decode = 0, loader.sequence.decode_clip
+
+        def counted(indices):
+            self.frames += len(np.unique(indices))
+            return indices
+
+        monkeypatch.setattr(loader.sequence, "decode_clip",
+                            lambda path, sample, *args: decode(path, lambda n: counted(sample(n)), *args))
+
+
+def counts_of(items):
+    from loader.decode import count_frames
+
+    return {path: count_frames(path, check_last=False) for path, _ in items}
+
+
+def test_a_full_cache_decodes_only_the_sampled_frames(videos, tmp_path, monkeypatch):
+    """Once the bound is reached, a clip the cache lacks costs what it costs without a cache: its
+    sampled frames, not every frame decoded and thrown away."""
+    counter = FrameCounter(monkeypatch)
+    full = FrameCache(tmp_path / "full", 0)  # no room at all
+    cached = epochs(VideoSequence(videos, 2, 8, (48, 40), cache=full, frame_counts=counts_of(videos)), 2)
+    with_full_cache, counter.frames = counter.frames, 0
+    assert_identical(cached, epochs(VideoSequence(videos, 2, 8, (48, 40)), 2))
+    assert with_full_cache == counter.frames  # the same frames as without a cache
+    assert with_full_cache <= 2 * 8 * len(videos) and not list((tmp_path / "full").rglob(f"*{SUFFIX}"))
+
+
+def test_a_clip_too_large_for_its_share_is_known_before_it_is_decoded(videos, tmp_path, monkeypatch):
+    counter = FrameCounter(monkeypatch)
+    cache = FrameCache(tmp_path, 10_000)  # 5% of it is far below one clip
+    epochs(VideoSequence(videos[:2], 2, 8, (48, 40), cache=cache, frame_counts=counts_of(videos[:2])), 1)
+    assert counter.frames <= 2 * 8  # the sampled frames, never a whole clip
+
+
+def test_the_bound_holds_across_processes_sharing_the_folder(videos, tmp_path):
+    """Two processes with one bound fill one folder with different clips: together they stay
+    within it (the room is taken under a file lock before a clip is decoded)."""
+    from pathlib import Path
+
+    sizes = []
+    probe = FrameCache(tmp_path / "sizes", 10**9)
+    for path, _ in videos:
+        probe.frames(path, (48, 40), lambda path=path: __import__("loader.decode").decode.decode_clip(
+            path, np.arange, (48, 40)))
+    sizes = sorted(f.stat().st_size for f in (tmp_path / "sizes").rglob(f"*{SUFFIX}"))
+    bound = sum(sizes[:4])  # room for about four of ten clips
+    script = ("import sys; import loader.cache as c; c.MAX_CLIP_FRACTION = 1.0\n"
+              "from loader import FrameCache, PrefetchGenerator, VideoSequence, find_videos\n"
+              "items = find_videos(sys.argv[1])[0][int(sys.argv[3])::2]\n"
+              "seq = VideoSequence(items, 1, 8, (48, 40), cache=FrameCache(sys.argv[2], int(sys.argv[4])))\n"
+              "with PrefetchGenerator(seq, workers=2, depth=2) as batches: print(sum(len(y) for _, y in batches))")
+    train = str(Path(videos[0][0]).parent.parent)
+    procs = [subprocess.Popen([sys.executable, "-c", script, train, str(tmp_path / "shared"), str(k), str(bound)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    stored = sum(f.stat().st_size for f in (tmp_path / "shared").rglob(f"*{SUFFIX}"))
+    assert 0 < stored <= bound
+    assert int((tmp_path / "shared" / ".usage").read_text()) == stored  # the shared count is the truth
+
+
+def test_opening_the_cache_removes_what_dead_writers_left_and_counts_live_writes(videos, tmp_path):
+    import os
+    import socket
+
+    from loader.atomic import TEMP_PREFIX
+
+    host = socket.gethostname().replace("-", "_").replace(".", "_")
+    folder = tmp_path / "ab"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (folder / f"{TEMP_PREFIX}{host}.{dead}.5000-x.frames").write_bytes(b"\0" * 100)  # its writer is gone
+    (folder / f"{TEMP_PREFIX}{host}.{os.getpid()}.7000-y.frames").write_bytes(b"\0" * 10)  # a live writer's
+    counts = Counts()
+    FrameCache(tmp_path, 10**9, counts)
+    assert sorted(p.name.split("-")[1].split(".")[1] for p in folder.iterdir()) == [str(os.getpid())]
+    assert counts.bytes == 7000  # the room the live write took, not the bytes written so far

@@ -31,7 +31,7 @@ def clip(path, codec="libx264", seed=0):
 
 def probed(items):
     """(usable clips, skip kinds) when the real probe opens `items`."""
-    good, skipped = probe(items, workers=2)
+    good, skipped, _ = probe(items, workers=2)
     return len(good), [s.kind for s in skipped]
 
 
@@ -59,7 +59,7 @@ def test_ucf101_split_lists_with_class_index(tmp_path, info_logs, caplog):
     assert "read as UCF101/HMDB51 split list: 3 train clips, 3 classes" in caplog.text
     test_items, test_classes = read_manifest(lists / "testlist01.txt", videos)
     assert test_classes == classes and [label for _, label in test_items] == [0, 1]
-    good, skipped = probe(test_items, workers=2)  # one test clip was never downloaded
+    good, skipped, _ = probe(test_items, workers=2)  # one test clip was never downloaded
     assert len(good) == 1 and [(s.kind, s.path) for s in skipped] == [
         ("missing", str(videos / "Archery/v_Archery_g01_c01.avi"))]
 

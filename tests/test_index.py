@@ -6,6 +6,7 @@ import pytest
 from conftest import gradient_frames
 from PIL import Image
 
+from loader.decode import count_frames
 from loader.index import ManifestError, find_videos, probe, read_manifest
 
 
@@ -110,28 +111,126 @@ def mixed_folder(tmp_path, make_video):
 
 def test_probe_excludes_bad_files_with_reasons_and_keeps_order(mixed_folder, tmp_path):
     good, bad = mixed_folder
-    usable, skipped = probe(bad[:2] + good + bad[2:], workers=3, progress=False)
+    usable, skipped, frames = probe(bad[:2] + good + bad[2:], workers=3, progress=False)
     assert usable == good
+    assert frames == [count_frames(p) for p, _ in good]  # the header's count is the decoder's here
     assert {(s.path, s.kind) for s in skipped} == {
         (bad[0][0], "empty"), (bad[1][0], "unreadable"), (bad[2][0], "empty"), (bad[3][0], "missing"),
     }
     assert all(s.reason for s in skipped)
 
 
-def test_probe_cache_reuses_results_and_notices_changes(mixed_folder, tmp_path, make_video):
-    good, bad = mixed_folder
-    cache = tmp_path / "cache" / "probe.json"
-    first = probe(good + bad, workers=2, cache_file=cache, progress=False)
-    assert cache.exists()
-    assert probe(good + bad, workers=2, cache_file=cache, progress=False) == first
-    # Replace a bad file with a good one: size and mtime change, so it is probed again.
-    os.replace(make_video("fixed", seed=9), bad[1][0])
-    usable, skipped = probe(good + bad, workers=2, cache_file=cache, progress=False)
-    assert bad[1][0] in [p for p, _ in usable] and len(skipped) == len(first[1]) - 1
+def test_the_cheap_probe_trusts_the_header_and_the_thorough_one_decodes_the_last_frame(tmp_path):
+    import av
+
+    clip = tmp_path / "whole.mp4"
+    with av.open(str(clip), "w", options={"movflags": "faststart"}) as container:  # the index (moov) first
+        stream = container.add_stream("libx264", rate=15)
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+        for frame in gradient_frames(12):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 9 // 10])  # the header still says 12 frames
+    items = [(str(clip), 0), (str(cut), 0)]
+    usable, skipped, frames = probe(items, workers=2, progress=False)
+    assert usable == items and frames == [12, 12]  # caught when loaded, like any bad clip
+    usable, skipped, _ = probe(items, workers=2, progress=False, check="decode")
+    assert usable == items[:1] and [s.kind for s in skipped] == ["truncated"]
 
 
-def test_probe_survives_a_damaged_cache(mixed_folder, tmp_path):
-    good, _ = mixed_folder
-    cache = tmp_path / "probe.json"
-    cache.write_text("{not json")
-    assert probe(good, cache_file=cache, progress=False)[0] == good
+def test_known_frame_counts_need_no_probe(tmp_path):
+    items = [(str(tmp_path / "never_looked_at"), 0)]  # not even on disk: a list's total_frames is trusted
+    assert probe(items, progress=False, known={items[0][0]: 7}) == (items, [], [7])
+
+
+def test_the_probe_logs_progress_and_reports_it_to_the_metric(tmp_path, monkeypatch, caplog):
+    """Without a terminal, progress lines say done/total, the rate and the time left; the index
+    metric follows (a fake probe: 3000 clips in milliseconds)."""
+    import loader.index
+
+    def fake_count(path, check_last, template):
+        return 5
+
+    class Progress:
+        seen = []
+
+        def set_index_progress(self, done, total):
+            self.seen.append((done, total))
+
+    monkeypatch.setattr(loader.index, "count_frames", fake_count)
+    monkeypatch.setattr(loader.index, "PROGRESS_EVERY_S", 0.0)
+    caplog.set_level("INFO", logger="vidtrain")
+    items = [(f"/clips/{k}.mp4", k % 3) for k in range(3000)]
+    usable, skipped, frames = probe(items, workers=4, progress=False, metrics=Progress())
+    assert usable == items and frames == [5] * 3000 and not skipped
+    assert Progress.seen[0] == (0, 3000) and Progress.seen[-1] == (3000, 3000)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("indexing: ")]
+    assert lines and all(" / 3000 clips (" in line and "s left)" in line for line in lines)
+
+
+def test_frame_templates_read_rgb_frames_beside_optical_flow(tmp_path):
+    """MMAction2's frame extraction: img_ RGB frames beside flow_x_/flow_y_ (or x_/y_) images."""
+    from loader.decode import frame_files
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for k in range(1, 11):
+        for prefix in ("img_", "x_", "y_", "flow_x_"):
+            Image.fromarray(gradient_frames(1)[0]).save(folder / f"{prefix}{k:05d}.jpg")
+    assert [p.name for p in frame_files(folder)] == [f"img_{k:05d}.jpg" for k in range(1, 11)]  # not 40 images
+    assert [p.name for p in frame_files(folder, "x_{:05d}.jpg")] == [f"x_{k:05d}.jpg" for k in range(1, 11)]
+    assert count_frames(folder, check_last=False) == 10
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for k in (2, 10, 1):
+        Image.fromarray(gradient_frames(1)[0]).save(plain / f"{k}.png")
+    assert [p.name for p in frame_files(plain)] == ["1.png", "2.png", "10.png"]  # every image, natural order
+    assert [p.name for p in frame_files(plain, "{:05d}.jpg")] == []
+
+
+def test_a_folder_the_template_leaves_empty_is_empty_at_probe_and_at_decode(tmp_path):
+    from loader import VideoSequence
+
+    folder = tmp_path / "flow_only"
+    folder.mkdir()
+    for k in range(1, 4):
+        Image.fromarray(gradient_frames(1)[0]).save(folder / f"flow_x_{k:05d}.jpg")
+    _, skipped, _ = probe([(str(folder), 0)], progress=False, template="img_{:05d}.jpg")
+    assert [s.kind for s in skipped] == ["empty"] and "img_{:05d}.jpg" in skipped[0].reason
+
+    class Kinds:
+        kinds = []
+
+        def count_skip(self, kind):
+            self.kinds.append(kind)
+
+    seq = VideoSequence([(str(folder), 0)] * 2, 2, 2, (16, 16), frame_template="img_{:05d}.jpg", metrics=Kinds())
+    with pytest.raises(Exception):
+        seq[0]  # nothing else to stand in for it
+    assert Kinds.kinds == ["empty"] and seq.skipped[0].kind == "empty"
+
+
+@pytest.mark.parametrize("template, message", [
+    ("img.jpg", "exactly one number field"), ("img_{}_{}.jpg", "exactly one number field"),
+    ("img_{name}.jpg", "exactly one number field"), ("img_{:s}.jpg", "must format a frame number"),
+])
+def test_a_bad_frame_template_is_refused_naming_it(template, message):
+    from loader.paths import template_pattern
+
+    with pytest.raises(ValueError, match=message):
+        template_pattern(template)
+
+
+def test_the_index_round_trips_and_refuses_a_damaged_file(tmp_path):
+    from loader import DatasetIndex, Skipped
+
+    index = DatasetIndex(["a", "b"], [("/x/1.mp4", 0), ("/x/2.mp4", 1)], [30, 31], None, None,
+                         [Skipped("/x/3.mp4", "empty file", "empty", 0)], [], {"data_dir": "/x"}, "f00")
+    path = index.write(tmp_path / "index")
+    assert path.stat().st_mode & 0o777 == 0o644 and not list(path.parent.glob(".tmp-*"))
+    assert DatasetIndex.read(tmp_path / "index") == index
+    assert DatasetIndex.read(tmp_path / "nowhere") is None
+    path.write_text('{"version": 1, "cla')
+    with pytest.raises(ValueError, match="index.json cannot be read"):
+        DatasetIndex.read(tmp_path / "index")

@@ -60,7 +60,8 @@ def test_training_writes_every_output(trained):
         assert (out / name).stat().st_size > 0, name
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
-    assert {k: len(v) for k, v in history.items()} == {"accuracy": 2, "loss": 2, "val_accuracy": 2, "val_loss": 2}
+    assert {k: len(v) for k, v in history.items()} == {"accuracy": 2, "learning_rate": 2, "loss": 2, "val_accuracy": 2,
+                                                       "val_loss": 2}
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"]["train_clips"] == 20 and report["dataset"]["val_clips"] == 10
     assert report["throughput"]["clips_trained"] == 40 and report["throughput"]["train_batches"] == 10
@@ -234,12 +235,55 @@ def test_malformed_manifest_exits_3_naming_the_line(cache, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_metrics_port_in_use_exits_2(tmp_path):
+def test_metrics_port_in_use_exits_2_before_tensorflow_loads(tmp_path):
     import socket
+    import subprocess
+    import sys
 
+    from jobs import ROOT, job_env
+
+    code = "import entrypoint, sys; code = entrypoint.main([]); print(code, 'tensorflow' in sys.modules)"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_job(metrics_port=port, metrics_addr="127.0.0.1", output_dir=tmp_path, timeout=120)
-    assert result.returncode == 2 and "VIDTRAIN_METRICS_PORT" in result.stderr
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                env=job_env(metrics_port=port, metrics_addr="127.0.0.1", output_dir=tmp_path))
+    assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
+    assert result.stderr.startswith("vidtrain: invalid configuration:\n  VIDTRAIN_METRICS_PORT=")
+    assert "Address already in use" in result.stderr
+
+
+def test_weights_that_do_not_fit_the_model_exit_2_as_invalid_configuration(trained, cache, tmp_path):
+    out, _ = trained
+    result = run_job(output_dir=tmp_path, cache_dir=cache, epochs=1, pretrained_weights=out / "model.keras",
+                     metrics_port=free_port(), **(TINY | {"model": "cnn_rnn"}))  # conv3d's weights
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "ERROR invalid configuration: VIDTRAIN_PRETRAINED_WEIGHTS=" in result.stderr
+    assert "do not fit the cnn_rnn model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_healthy_cpu_run_says_what_it_runs_on_and_prints_nothing_that_looks_like_an_error(trained):
+    _, result = trained
+    lines = result.stderr.splitlines()
+    assert " INFO vidtrain on CPU: " in lines[0] and "cores" in lines[0] and "TensorFlow 2." in lines[0]
+    for marker in ("E0000", "W0000", "I0000", "absl::InitializeLog", "cuda", "cuInit", "oneDNN custom operations",
+                   " ERROR ", " WARNING ", "Traceback", "retracing"):
+        assert not [line for line in lines if marker in line], marker
+
+
+def test_metrics_port_0_serves_on_a_free_port_and_logs_it(cache, tmp_path):
+    import re
+
+    job = start_job(metrics_port=0, output_dir=tmp_path, cache_dir=cache, epochs=50, **TINY)
+    try:
+        port = None
+        for line in job.stdout:
+            if found := re.search(r"metrics on http://0\.0\.0\.0:(\d+)/metrics", line):
+                port = int(found[1])
+                break
+        assert port and port != 0
+        assert wait_for(lambda: scrape(port), timeout=60, interval=0.05)
+    finally:
+        job.kill()
+        job.communicate()

@@ -12,7 +12,7 @@ from jobs import Recorder, job, settings, sigterm
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("info_logs")]
 # 10 train clips at batch 4: 3 steps an epoch (the last of 2 clips); 5 val clips: 2 val batches.
 STEPS, VAL_BATCHES, EPOCHS = 3, 2, 2
-KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+KEYS = ("loss", "accuracy", "learning_rate", "val_loss", "val_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,183 @@ def test_each_metric_has_one_meaning(data, tmp_path, monkeypatch):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["throughput"]["data_wait_share"] == pytest.approx(
         waited / report["throughput"]["train_seconds"], abs=0.01)
+
+
+# -- what a resume takes from today's settings, and what it keeps --------------------------------------
+def board_scalars(folder):
+    """{tag: [(step, value)]} of the TensorBoard event files in `folder`."""
+    import tensorflow as tf
+
+    values = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                values.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+    return values
+
+
+def test_a_new_learning_rate_on_resume_is_the_rate_the_resumed_steps_train_with(data, tmp_path, reference, caplog):
+    out = tmp_path / "out"
+    assert job(settings(data, out), Recorder(**{"step 1.1": sigterm}))[0] == 143
+    rates = []
+
+    class Rates(Recorder):
+        def after_step(self, epoch, step, model, logs):
+            rates.append(float(model.optimizer.learning_rate.numpy()))
+
+    assert job(settings(data, out, learning_rate=1e-4), Rates())[0] == 0
+    assert rates == pytest.approx([1e-4] * (STEPS - 2))
+    assert "VIDTRAIN_LEARNING_RATE changed: 0.001 -> 0.0001" in caplog.text
+    history, weights = outputs(out)
+    assert history["learning_rate"] == pytest.approx([1e-3, 1e-4])
+    assert [v for _, v in board_scalars(out / "tensorboard" / "train")["learning_rate"]] == pytest.approx([1e-3, 1e-4])
+    assert history["loss"][0] == pytest.approx(reference[0]["loss"][0], rel=1e-5)  # epoch 1 as before the stop
+    assert not all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(weights, reference[1]))  # then not
+
+
+def test_the_epochs_training_is_checkpointed_before_validation(data, tmp_path):
+    """A worker killed (SIGKILL, out of memory) while the chief validates loses no training: the
+    checkpoint says "trained, validation pending" before the first validation batch."""
+    out, seen = tmp_path / "out", []
+
+    def look(_):
+        seen.append((state(out)["epoch"], state(out)["step"], state(out)["history"]))
+
+    assert job(settings(data, out, epochs=1), Recorder(**{"val 0.1": look}))[0] == 0
+    assert seen == [(0, STEPS, {})]
+
+
+def test_a_model_file_whose_record_a_kill_prevented_is_not_a_failure(data, stopped, tmp_path, caplog):
+    """A kill between renaming a model file into place and writing its record: the next start
+    resumes from the last complete checkpoint, or starts from scratch when there is none; never
+    exit 2 (which a Job's podFailurePolicy makes final)."""
+    out = tmp_path / "out"
+    shutil.copytree(stopped, out)
+    folder = out / "checkpoints"
+    model = stopped / "checkpoints" / "ckpt-e0000-s000002.keras"  # where the stop left it
+    shutil.copy(model, folder / "ckpt-e0000-s000003.keras")  # the next model, its record never written
+    code, _ = job(settings(data, out))
+    assert code == 0 and "resuming from" in caplog.text and "epoch 0, step 2" in caplog.text
+    assert "removing" in caplog.text and "its record was never written" in caplog.text
+
+    first = tmp_path / "first"
+    (first / "checkpoints").mkdir(parents=True)
+    shutil.copy(model, first / "checkpoints" / model.name)  # the very first checkpoint's model, no record at all
+    caplog.clear()
+    assert job(settings(data, first))[0] == 0
+    assert "starting from scratch" in caplog.text and "resuming from" not in caplog.text
+    assert len(json.loads((first / "history.json").read_text())["loss"]) == EPOCHS
+
+
+@pytest.fixture(scope="module")
+def flaky(data, tmp_path_factory):
+    """The tiny set with one training clip whose header is whole and whose frames are cut: it passes
+    the index's probe and fails when decoded. Returns (folder, that clip, its good bytes)."""
+    import av
+    from conftest import gradient_frames
+
+    from loader import VideoSequence
+
+    root = tmp_path_factory.mktemp("flaky") / "data"
+    shutil.copytree(data, root)
+    clips = sorted((root / "train").rglob("*.mp4"))
+    order = VideoSequence([(str(p), 0) for p in clips], 4, 2, shuffle=True, seed=0).order(0)
+    clip = clips[order[8]]  # in the third batch of the first epoch (seed 0)
+    good = clip.read_bytes()
+    with av.open(str(clip), "w", options={"movflags": "faststart"}) as container:  # the header (moov) first
+        stream = container.add_stream("libx264", rate=15)
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+        for frame in gradient_frames(12):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size * 9 // 10])
+    return root, clip, good
+
+
+def test_resume_is_exact_when_a_clip_failed_before_the_stop(flaky, tmp_path, monkeypatch):
+    """The clip fails in the batch after the stop's step (the prefetcher built it already) and the
+    file is whole again at the restart: the resumed run replaces it as the uninterrupted one did,
+    with the same random numbers, so history and weights end equal."""
+    import threading
+
+    from loader import VideoSequence
+
+    root, clip, good = flaky
+    broken = clip.read_bytes()
+    failed = threading.Event()
+    record = VideoSequence._record_failure
+
+    def recording(self, exc):
+        record(self, exc)
+        failed.set()
+
+    monkeypatch.setattr(VideoSequence, "_record_failure", recording)
+
+    ref = tmp_path / "ref"
+    assert job(settings(root, ref, sampling="random"))[0] == 0
+    reference = outputs(ref)
+
+    def stop_once_it_failed(_):
+        assert failed.wait(60)
+        sigterm()
+
+    out = tmp_path / "out"
+    assert job(settings(root, out, sampling="random"), Recorder(**{"step 0.1": stop_once_it_failed}))[0] == 143
+    assert (out / "checkpoints" / "failed-e0000-s000002-w0.json").exists()  # stopped before its batch trained
+    clip.write_bytes(good)  # a flaky file server: the clip reads again
+    try:
+        assert job(settings(root, out, sampling="random"))[0] == 0
+    finally:
+        clip.write_bytes(broken)
+    history, weights = outputs(out)
+    for key in KEYS:
+        assert history[key] == pytest.approx(reference[0][key], rel=1e-4, abs=1e-5)
+    for a, b in zip(weights, reference[1], strict=True):
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-5)
+    report = json.loads((out / "report.json").read_text())
+    assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(clip), "decode_failed")]
+
+
+def test_a_padding_step_leaves_batchnorm_statistics_alone():
+    """A worker whose shard ran out takes a zero-weight step to keep the collectives in lockstep; it
+    must not move BatchNorm's moving statistics with the padding clips (a real step does)."""
+    import keras
+
+    from vidtrain.train import World, _Ops, new_model
+
+    s = settings(None, __import__("pathlib").Path("/tmp/vidtrain-pad"), model="conv3d")
+    model = new_model(s, 3)
+    ops = _Ops(World(__import__("tensorflow").distribute.get_strategy()), model, 3, 0.0)
+    x = np.random.default_rng(0).integers(0, 255, (2, 4, 32, 32, 3), dtype=np.uint8)
+    y = np.array([0, 1], np.int32)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in ops.statistics]
+    ops.pad_step(x, y, np.float32([0, 0]))
+    assert all(np.array_equal(a, keras.ops.convert_to_numpy(b)) for a, b in zip(before, ops.statistics))
+    ops.step(x, y, np.ones(2, np.float32), np.float32([0, 0]))
+    assert not all(np.array_equal(a, keras.ops.convert_to_numpy(b)) for a, b in zip(before, ops.statistics))
+
+
+class Crash(Exception):
+    """An abrupt end (out of memory, a lost node): nothing after it runs, no stop checkpoint."""
+
+
+def crash(_model):
+    raise Crash()
+
+
+def test_checkpoints_by_time_mid_epoch_and_a_crash_resumes_exactly_from_the_last(data, tmp_path, reference):
+    out = tmp_path / "out"
+    with pytest.raises(Crash):  # a checkpoint is due after every step at this setting
+        job(settings(data, out, checkpoint_every_s=1e-6), Recorder(**{"step 1.2": crash}))
+    assert (state(out)["epoch"], state(out)["step"], state(out)["clips"]) == (1, 1, 4)  # written after step 1
+    second = Recorder()
+    assert job(settings(data, out, checkpoint_every_s=1e-6), second)[0] == 0
+    assert [(e, s) for e, s, _, _ in second.steps] == [(1, 2), (1, 3)]  # step 2 again: it was never saved
+    assert_same_run(out, reference)
+
+
+def test_no_checkpoint_by_time_when_turned_off(data, tmp_path):
+    out, seen = tmp_path / "out", []
+    job(settings(data, out, epochs=1, checkpoint_every_s=0),
+        Recorder(**{"step 0.2": lambda _: seen.append(sorted(p.name for p in (out / "checkpoints").glob("*.json")))}))
+    assert seen == [[]]  # nothing mid-epoch: the first checkpoint comes at the epoch's end

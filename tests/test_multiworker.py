@@ -12,32 +12,41 @@ pytestmark = pytest.mark.slow
 
 
 def finish(procs, codes, timeout=300):
-    """Wait for the worker processes (killing any left), then check their exit codes."""
+    """Wait for the worker processes (killing any left), check their exit codes; their logs."""
     try:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
     assert [p.returncode for p in procs] == codes, "\n".join(o[-2000:] for o in outputs)
+    return outputs
 
 
-def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
+def test_two_workers_train_in_lockstep_on_disjoint_shards_of_the_chiefs_index(tmp_path):
+    """The chief indexes the data; worker 1 starts only after a clip broke, so a probe of its own
+    would have seen other clips: it reads the chief's index instead, and both train the same
+    shards and steps. The broken clip is skipped when loaded, and the chief's report names it."""
     import subprocess
     import sys
 
-    cache = tmp_path / "cache"
+    cache, out = tmp_path / "cache", tmp_path / "out"  # one output volume for both, as in Kubernetes
     make_demo_dataset(cache / "demo", 5, 2, 0)  # 25 train clips: shards of 13 and 12, one batch apart
     grpc_port = free_port()
     metrics_ports = [free_port(), free_port()]
-    workers = []
-    for index in range(2):
-        env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=metrics_ports[index],
-                      output_dir=tmp_path / f"out{index}", cache_dir=cache, epochs=3, frames=8, height=32,
-                      width=32, batch_size=4, demo_clips_per_class=5)
+
+    def start(index):
+        env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=metrics_ports[index], output_dir=out,
+                      cache_dir=cache, epochs=3, frames=8, height=32, width=32, batch_size=4, demo_clips_per_class=5)
         env["JOB_COMPLETION_INDEX"] = str(index)  # what Kubernetes sets in an Indexed Job's pods
-        workers.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        return subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    workers = [start(0)]
+    broken = sorted((cache / "demo" / "train" / "swipe_left").glob("*.mp4"))[1]
     try:
+        assert wait_for(lambda: (out / "index" / "index.json").exists(), timeout=120, interval=0.05)
+        broken.write_bytes(b"\0" * 4096)  # after the chief's probe: a probe now would skip it
+        workers.append(start(1))
         for port in metrics_ports:  # every worker serves its own metrics while it trains
             assert wait_for(lambda port=port: (sample(scrape(port) or "", "vidtrain_batches_total", split="train")
                                                or 0) > 0,
@@ -46,9 +55,10 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
         for w in workers:
             w.kill()
         raise
-    finish(workers, [0, 0])
+    logs = finish(workers, [0, 0])
+    assert "dataset index written" in logs[0] and "no clip probed again" in logs[1] and "indexing" not in logs[1]
 
-    records = [json.loads((tmp_path / f"out{i}" / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
+    records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
     assert records[0]["non_trainable_sha256"] == records[1]["non_trainable_sha256"]
     shards = [set(r["clips"]) for r in records]
@@ -56,15 +66,16 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards(tmp_path):
     assert not shards[0] & shards[1] and shards[0] | shards[1] == everything
     assert sorted(map(len, shards)) == [12, 13]
 
-    chief, other = tmp_path / "out0", tmp_path / "out1"
     for name in ("model.keras", "report.json", "history.json", "checkpoints/state.json", "saved_model/saved_model.pb",
                  "confusion_matrix.png", "tensorboard/train"):
-        assert (chief / name).exists() and not (other / name).exists(), name
-    report = json.loads((chief / "report.json").read_text())
+        assert (out / name).exists(), name
+    assert "checkpoint: " in logs[0] and "checkpoint: " not in logs[1]  # the chief alone writes them
+    report = json.loads((out / "report.json").read_text())
     assert len(report["confusion_matrix"]) == 5 and report["epochs_completed"] == 3
     assert report["throughput"]["clips_trained"] == 3 * 25  # every clip once per epoch, across both workers
-    assert {k: len(v) for k, v in json.loads((chief / "history.json").read_text()).items()} == dict.fromkeys(
-        ("loss", "accuracy", "val_loss", "val_accuracy"), 3)
+    assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(broken), "decode_failed")]
+    assert {k: len(v) for k, v in json.loads((out / "history.json").read_text()).items()} == dict.fromkeys(
+        ("loss", "accuracy", "learning_rate", "val_loss", "val_accuracy"), 3)
 
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_path):

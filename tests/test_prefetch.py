@@ -271,3 +271,55 @@ def test_numpy_batches_pass_through_unchanged():
 
     with PrefetchGenerator(Arrays(4), workers=2, depth=2) as gen:
         assert [int(x[0, 0]) for x, _ in gen] == [0, 1, 2, 3]
+
+
+# -- map_bounded: the index's probe ----------------------------------------------------------------
+def test_map_bounded_takes_at_most_twice_the_workers_ahead_and_yields_everything():
+    from loader.prefetch import map_bounded
+
+    taken, yielded, ahead = [0], [0], []
+
+    def source():
+        for k in range(2000):
+            taken[0] += 1
+            ahead.append(taken[0] - yielded[0])
+            yield k
+
+    results = []
+    for item, result, error in map_bounded(lambda k: k * k, source(), workers=3):
+        yielded[0] += 1
+        results.append((item, result, error))
+    assert sorted(results) == [(k, k * k, None) for k in range(2000)]
+    assert max(ahead) <= 2 * 3 + 1  # the window, plus the one taken to refill it
+
+
+def test_map_bounded_reports_errors_and_replaces_a_hung_call():
+    from loader.prefetch import map_bounded
+
+    release = threading.Event()
+
+    def fn(k):
+        if k == 0:
+            release.wait()  # hangs until the test ends
+        if k == 1:
+            raise ValueError("bad item")
+        return k
+
+    try:
+        outcomes = {item: (result, error) for item, result, error in map_bounded(fn, range(6), workers=1, timeout=0.5,
+                                                                                poll=0.05)}
+    finally:
+        release.set()
+    assert isinstance(outcomes[0][1], TimeoutError)  # the only worker hung on it: a new one did the rest
+    assert isinstance(outcomes[1][1], ValueError) and outcomes[1][0] is None
+    assert {k: outcomes[k] for k in (2, 3, 4, 5)} == {k: (k, None) for k in (2, 3, 4, 5)}
+
+
+def test_map_bounded_stops_when_asked():
+    from loader.prefetch import Interrupted, map_bounded
+
+    seen = []
+    with pytest.raises(Interrupted):
+        for item, _, _ in map_bounded(lambda k: k, range(10**6), workers=2, stop_when=lambda: len(seen) >= 10):
+            seen.append(item)
+    assert 10 <= len(seen) < 100

@@ -69,24 +69,47 @@ def test_bad_arguments_name_the_value(call, message):
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("num_frames, frames, window, windows, expected", [
-    (30, 3, 0, 3, [1, 5, 8]),       # frames 0-9, uniform: centres of 3 segments of 10
-    (30, 3, 1, 3, [11, 15, 18]),    # frames 10-19
-    (30, 3, 2, 3, [21, 25, 28]),    # frames 20-29
-    (31, 2, 1, 2, [19, 27]),        # frames 15-30 (16 frames): 15 + [4, 12]
-    (2, 2, 2, 3, [1, 1]),           # shorter than the windows: window 2 is frame 1, repeated
-    (30, 4, 0, 1, [3, 11, 18, 26]),  # one window: the plain uniform sampling
+@pytest.mark.parametrize("mode, num_frames, frames, clip, clips, expected", [
+    # uniform / random: the training's segment grid (3 segments of 10), at offsets 1/6, 3/6, 5/6
+    ("uniform", 30, 3, 0, 3, [1, 11, 21]),
+    ("uniform", 30, 3, 1, 3, [5, 15, 25]),
+    ("random", 30, 3, 2, 3, [8, 18, 28]),
+    ("uniform", 30, 4, 0, 1, [3, 11, 18, 26]),  # one clip: the plain uniform sampling
+    ("uniform", 2, 3, 1, 2, [0, 1, 1]),  # shorter than the request: frames repeat
+    # stride 2, span 7: starts spread over the 23 frames of room, (2c + 1) * 23 // 6
+    ("stride", 30, 4, 0, 3, [3, 5, 7, 9]),
+    ("stride", 30, 4, 1, 3, [11, 13, 15, 17]),
+    ("stride", 30, 4, 2, 3, [19, 21, 23, 25]),
+    ("stride", 30, 4, 0, 1, [11, 13, 15, 17]),  # one clip: the centred window, as in training
+    ("stride", 5, 4, 1, 2, [0, 2, 4, 4]),  # no room: every clip is the clamped window
 ])
-def test_window_indices(num_frames, frames, window, windows, expected):
-    from loader.sampling import window_indices
+def test_test_clips(mode, num_frames, frames, clip, clips, expected):
+    from loader.sampling import test_indices
 
-    assert window_indices("uniform", num_frames, frames, window, windows).tolist() == expected
-    if windows == 1:
+    assert test_indices(mode, num_frames, frames, clip, clips).tolist() == expected
+    if clips == 1 and mode != "stride":
         assert expected == uniform_indices(num_frames, frames).tolist()
 
 
-def test_window_must_be_one_of_the_windows():
-    from loader.sampling import window_indices
+@pytest.mark.parametrize("mode", ["uniform", "random", "stride"])
+@pytest.mark.parametrize("clips", [2, 3, 5])
+def test_test_clips_keep_the_training_time_scale(mode, clips):
+    """The frames of a test clip are as far apart as a training clip's: multi-clip evaluation
+    shows the model the motion at the speed it learnt it (the clips differ in offset only)."""
+    from loader.sampling import test_indices
 
-    with pytest.raises(ValueError, match=r"window must be in \[0, 2\], got 3"):
-        window_indices("uniform", 30, 4, 3, 3)
+    num_frames, frames = 120, 8
+    rng = np.random.default_rng(0)
+    training = np.mean([np.diff(sample_indices(mode, num_frames, frames, rng)).mean() for _ in range(50)])
+    for clip in range(clips):
+        spacing = np.diff(test_indices(mode, num_frames, frames, clip, clips)).mean()
+        assert spacing == pytest.approx(training, abs=1.0)
+    starts = [test_indices(mode, num_frames, frames, c, clips)[0] for c in range(clips)]
+    assert len(set(starts)) == clips  # and each clip is another view
+
+
+def test_test_clip_must_be_one_of_the_clips():
+    from loader.sampling import test_indices
+
+    with pytest.raises(ValueError, match=r"clip must be in \[0, 2\], got 3"):
+        test_indices("uniform", 30, 4, 3, 3)

@@ -81,7 +81,7 @@ def test_a_video_failing_mid_evaluation_is_left_out_not_scored_with_another_vide
         write_video(tmp_path / f"{k}.mp4", gradient_frames(t=12), codec="libx264", pix_fmt="yuv420p")
         items.append((str(tmp_path / f"{k}.mp4"), k))
     (tmp_path / "1.mp4").write_bytes(b"broken after the probe")  # its slots get video 2's clips
-    seq = VideoSequence(items, batch_size=4, frames=2, size=(48, 64), clips_per_video=2)
+    seq = VideoSequence(items, batch_size=4, frames=2, size=(48, 64), clips_per_video=2, test_mode=True)
 
     def predict(x):  # class 2 for every clip
         return np.tile([0.0, 0.0, 5.0], (len(x), 1))

@@ -220,17 +220,21 @@ def test_random_resized_crop_is_one_crop_per_clip_seeded_and_off_by_default(tmp_
     assert (VideoSequence(items, batch_size=4, frames=4, size=(48, 64), crop=False)[0][0] == plain).all()
 
 
-def test_multi_clip_entries_cover_each_video_window_by_window(tmp_path):
+def test_multi_clip_entries_are_test_clips_at_the_training_time_scale(tmp_path):
     from conftest import gradient_frames
 
     from loader.demo import write_video
 
     path = tmp_path / "g.mp4"
     write_video(path, gradient_frames(t=12), codec="libx264", pix_fmt="yuv420p")
-    seq = VideoSequence([(str(path), 0), (str(path), 1)], batch_size=4, frames=2, size=(48, 64), clips_per_video=3)
+    seq = VideoSequence([(str(path), 0), (str(path), 1)], batch_size=4, frames=2, size=(48, 64), clips_per_video=3,
+                        sampling="random", test_mode=True)
     assert len(seq) == 2 and seq.num_entries == 6
     x, y = seq[0]
     assert y.tolist() == [0, 0, 0, 1]
-    # frame k is brightness 10 + 20k; windows of 4 frames, uniform picks frames 1 and 3 of each
+    # frame k is brightness 10 + 20k; the training's 2 segments of 6 frames, at offsets 1/6, 3/6, 5/6:
+    # every clip spans the video with training's spacing (6 frames), not a third of it at 3x the density
     brightness = np.round((x[:3].mean(axis=(2, 3, 4)) - 10) / 20).astype(int).tolist()
-    assert brightness == [[1, 3], [5, 7], [9, 11]]
+    assert brightness == [[1, 7], [3, 9], [5, 11]]
+    with pytest.raises(ValueError, match="only in test mode"):
+        VideoSequence([(str(path), 0)], batch_size=4, frames=2, clips_per_video=3)

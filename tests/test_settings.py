@@ -3,6 +3,7 @@
 The table runs in-process through entrypoint.main (fast, precise); a few cases run the
 real process for its exit code and stderr."""
 
+import itertools
 import os
 
 import pytest
@@ -49,7 +50,12 @@ CASES = [  # (settings, variable named in the error, text expected in the messag
     ({"predict_input": "/nonexistent/clip.mp4"}, "VIDTRAIN_PREDICT_INPUT", "does not exist"),
     ({"output_dir": "{base}/file/out"}, "VIDTRAIN_OUTPUT_DIR", "cannot be created"),
     ({"pushgateway_url": "ftp://user:hunter2@gw"}, "VIDTRAIN_PUSHGATEWAY_URL", "http(s) URL"),
-    ({"epocs": "3"}, "VIDTRAIN_EPOCS", "unknown setting"),
+    ({"epocs": "3"}, "VIDTRAIN_EPOCS", "did you mean VIDTRAIN_EPOCHS?"),
+    ({"frame_template": "img.jpg"}, "VIDTRAIN_FRAME_TEMPLATE", "exactly one number field"),
+    ({"lr_schedule": "step"}, "VIDTRAIN_LR_SCHEDULE", "'constant' or 'cosine'"),
+    ({"label_smoothing": "1"}, "VIDTRAIN_LABEL_SMOOTHING", "< 1"),
+    ({"warmup_epochs": "20", "epochs": "10"}, "VIDTRAIN_WARMUP_EPOCHS", "20 warm-up epochs of 10"),
+    ({"index_check": "full"}, "VIDTRAIN_INDEX_CHECK", "'header' or 'decode'"),
     ({"rnn_cell": "transformer"}, "VIDTRAIN_RNN_CELL", "'gru' or 'lstm'"),
 ]
 
@@ -101,13 +107,24 @@ def test_cli_flags_are_validated_too_and_win_over_env(main):
     assert code == 2 and "VIDTRAIN_BATCH_SIZE='0'" in output
 
 
-def test_help_lists_every_setting():
+def test_help_names_every_variable_with_its_flag_type_and_default():
+    from vidtrain.settings import default_text, plain_type, variable
+
     result = run_job(["--help"], timeout=60)
-    assert result.returncode == 0
+    assert result.returncode == 0 and result.stderr == ""
+    text = result.stdout
     for name, info in Settings.model_fields.items():
         # A field read from a variable of Kubernetes' or TensorFlow's takes its flag from that name.
-        flag = info.validation_alias.choices[0] if info.validation_alias else name
-        assert "--" + flag.lower().replace("_", "-") in result.stdout, flag
+        flag = "--" + (info.validation_alias.choices[0] if info.validation_alias else name).lower().replace("_", "-")
+        lines = text.splitlines()
+        at = next(k for k, line in enumerate(lines) if line.strip().startswith(variable(name) + " "))
+        assert f"({flag} {plain_type(name)})" in lines[at], lines[at]
+        block = " ".join(line.strip() for line in itertools.takewhile(lambda ln: ln.startswith("      "),
+                                                                       lines[at + 1:]))  # the description under it
+        assert "(default: " in block and (f"(default: {default_text(name)})" in block
+                                          or "(default:" in info.description), block
+    assert "{Path,null}" not in text and "VIDTRAIN_BATCH_SIZE  (--batch-size INTEGER)" in text
+    assert "(default: 8)" in text and "train|evaluate|predict" in text
 
 
 def test_every_setting_has_a_description_and_models_match_the_registry():
@@ -183,7 +200,16 @@ def test_an_empty_variable_means_unset_not_the_current_folder(monkeypatch, tmp_p
     assert load([]).data_dir is None
 
 
-def test_a_lower_case_typo_is_reported_not_ignored(main, monkeypatch):
-    monkeypatch.setenv("vidtrain_epoch", "3")
+def test_a_lower_case_name_is_reported_not_read(main, monkeypatch):
+    monkeypatch.setenv("vidtrain_epochs", "3")
     code, output = main()
-    assert code == 2 and "vidtrain_epoch: unknown setting" in output
+    assert code == 2
+    assert "vidtrain_epochs: unknown setting (names are upper case); did you mean VIDTRAIN_EPOCHS?" in output
+
+
+def test_a_misspelt_name_gets_the_nearest_one_and_every_other_problem_is_still_reported(main):
+    code, output = main(epocs="3", batch_size="0", frames="x")
+    lines = [ln.strip() for ln in output.splitlines()[1:]]
+    assert code == 2 and output.startswith("vidtrain: invalid configuration:")
+    assert "VIDTRAIN_EPOCS: unknown setting; did you mean VIDTRAIN_EPOCHS?" in lines
+    assert [ln.split("=")[0] for ln in lines[1:]] == ["VIDTRAIN_BATCH_SIZE", "VIDTRAIN_FRAMES"]

@@ -20,8 +20,9 @@ class Board:
         self.writers = {run: tf.summary.create_file_writer(str(out / FOLDER / run)) for run in ("train", "validation")}
 
     def epoch(self, epoch: int, logs: dict, **train_scalars: float) -> None:
-        """`logs`: loss, accuracy and, when validated, val_loss, val_accuracy of epoch `epoch`."""
-        runs = {"train": {f"epoch_{k}": logs[k] for k in ("loss", "accuracy")} | train_scalars,
+        """`logs`: loss, accuracy, learning_rate and, when validated, val_loss, val_accuracy of epoch `epoch`."""
+        runs = {"train": {f"epoch_{k}": logs[k] for k in ("loss", "accuracy")}
+                | {"learning_rate": logs["learning_rate"]} | train_scalars,
                 "validation": {f"epoch_{k}": logs[f"val_{k}"] for k in ("loss", "accuracy") if f"val_{k}" in logs}}
         for run, scalars in runs.items():
             with self.writers[run].as_default(step=epoch):

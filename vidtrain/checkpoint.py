@@ -14,24 +14,26 @@ with its weights for the same reason):
   Dropout layer's SeedGenerator as [new seed, 0]);
 - the fingerprint of every setting that fixes the clip order or the model's
   shape; a resume with a different one is refused (`check_resume`).
-Writes go to a temporary file, are fsynced and renamed into place, and
-state.json is replaced only after its model file is complete, so a kill at
-any moment leaves the previous checkpoint usable. The last KEEP model files stay.
+- beside it, per worker, the clips that failed to decode so far
+  (`failed-eEEEE-sSSSSSS-wW.json`), so a resumed run replaces them exactly as
+  the uninterrupted run did.
+Writes are atomic (loader.atomic), and a checkpoint's record (`ckpt-*.json`,
+then state.json) is written only after its model file is complete, so a kill
+at any moment leaves the previous checkpoint usable; a model file whose record
+a kill prevented is not a checkpoint: it is ignored and removed at the next
+start. The last KEEP checkpoints stay.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from loader.atomic import remove_temporaries, write_atomic, write_json_atomic
 from vidtrain.settings import Settings, env_name
 
 log = logging.getLogger("vidtrain")
@@ -43,51 +45,6 @@ ORDER_FIXING = ("seed", "batch_size", "frames", "height", "width", "model", "rnn
 # Settings that say who a worker is: they differ between workers and never matter to a resume.
 IDENTITY = ("worker_index", "tf_config")
 DATA_SETTINGS = "VIDTRAIN_DATA_DIR / VIDTRAIN_TRAIN_MANIFEST / VIDTRAIN_VAL_FRACTION"
-
-
-class OutputError(OSError):
-    """An output could not be written for lack of space (exit code 1: Kubernetes retries)."""
-
-
-FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename to `path` (same folder, so the rename is atomic).
-    The file gets mode 0644 (mkstemp's 0600 would hide it from other users of a mounted volume).
-    Out of space, the temporary file is removed, `path` is left as it was, and OutputError says
-    which file and how much space is left."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if _out_of_space(exc):
-            free = shutil.disk_usage(path.parent).free
-            raise OutputError(f"cannot write {path}: no space left ({free / 2**20:.1f} MiB free in {path.parent}); "
-                              "the previous checkpoint is intact") from None
-        raise
-
-
-def _out_of_space(exc: BaseException) -> bool:
-    """An ENOSPC (or quota, or file-size limit) error, also when a library wrapped it."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in FULL:
-            return True
-        if "No space left on device" in str(exc) or "File too large" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
 
 
 def items_digest(items) -> str:
@@ -166,11 +123,34 @@ class Checkpointer:
         position = replace(position, model_file=self.folder / f"{name}.keras")
         write_json_atomic(self.folder / f"{name}.json", _record(position))
         write_json_atomic(self.folder / STATE, _record(position))
-        for old in sorted(self.folder.glob("ckpt-*.keras"))[:-KEEP]:
-            if old.stem != name:
+        for old in sorted(self.folder.glob("ckpt-*.json"))[:-KEEP]:
+            if old.stem != name:  # the record first: a kill in between leaves an orphan, removed at the next start
                 old.unlink(missing_ok=True)
-                old.with_suffix(".json").unlink(missing_ok=True)
+                old.with_suffix(".keras").unlink(missing_ok=True)
+                for failures in self.folder.glob(f"failed-{old.stem.removeprefix('ckpt-')}-w*.json"):
+                    failures.unlink(missing_ok=True)
         return position.model_file
+
+    def save_failures(self, position: Position, worker: int, failed) -> None:
+        """The clips that failed to decode on `worker` up to `position` (each worker, at each
+        checkpoint; nothing is written while none failed)."""
+        if failed:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.folder / _failures_name(position.epoch, position.step, worker),
+                              [asdict(s) for s in failed])
+
+    def failures(self, position: Position, worker: int) -> list:
+        """What `save_failures` wrote for `worker` at `position` (loader.Skipped records)."""
+        from loader import Skipped
+
+        path = self.folder / _failures_name(position.epoch, position.step, worker)
+        try:
+            return [Skipped(**s) for s in json.loads(path.read_text())]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("%s cannot be read (%s): clips that failed before the stop are tried again", path, exc)
+            return []
 
     def mark_finished(self) -> None:
         """Record that the final outputs of the position in state.json are written."""
@@ -179,11 +159,16 @@ class Checkpointer:
             write_json_atomic(self.folder / STATE, _record(replace(position, finished=True)))
 
     def remove_stale(self) -> None:
-        """Temporary files of a write that a kill interrupted (the chief, at start, before writing)."""
-        for pattern in (".ckpt-*", ".state-*"):  # write_atomic's temporary names
-            for stale in self.folder.glob(pattern):
-                log.info("removing %s, left by an interrupted write", stale)
-                stale.unlink(missing_ok=True)
+        """What a kill left (the chief, at start, before writing): temporary files of an interrupted
+        write, and model files whose record was never written (they are not checkpoints)."""
+        for stale in remove_temporaries(self.folder):
+            log.info("removed %s, left by an interrupted write", stale)
+        for model in self._orphans():
+            log.info("removing %s: its record was never written (a kill between the two writes)", model)
+            model.unlink(missing_ok=True)
+
+    def _orphans(self) -> list[Path]:
+        return [m for m in self.folder.glob("ckpt-*.keras") if not m.with_suffix(".json").exists()]
 
     def latest(self) -> Position | None:
         """The newest checkpoint that loads: state.json's, else the newest record beside a complete
@@ -203,11 +188,18 @@ class Checkpointer:
             if problems:
                 log.warning("cannot resume from %s; resuming from %s instead", "; ".join(problems), record.name)
             return position
-        if problems or list(self.folder.glob("ckpt-*.keras")):
+        if problems:
             raise CheckpointError(
-                f"no usable checkpoint in {self.folder} ({'; '.join(problems) or 'model files without records'}). "
+                f"no usable checkpoint in {self.folder} ({'; '.join(problems)}). "
                 f"To start fresh, set another VIDTRAIN_OUTPUT_DIR or remove {self.folder}.")
+        if orphans := self._orphans():  # a kill before the first record: nothing was ever checkpointed
+            log.warning("%s holds %s without a record (a kill between writing the model and its record): "
+                        "starting from scratch", self.folder, ", ".join(m.name for m in orphans))
         return None
+
+
+def _failures_name(epoch: int, step: int, worker: int) -> str:
+    return f"failed-e{epoch:04d}-s{step:06d}-w{worker}.json"
 
 
 def _record(position: Position) -> dict:

@@ -1,25 +1,42 @@
-"""Which clips the job trains and validates on: demo, DATA_DIR or manifests; probed up front."""
+"""Which clips the job trains and validates on: demo, DATA_DIR or manifests, from the dataset index.
+
+The first start probes every listed clip and keeps the outcome as the dataset index in
+OUTPUT_DIR/index/ (loader.DatasetIndex); restarts and the other workers of a multi-worker job read
+it and never probe again, so every start trains on the same clips, whatever a flaky file server
+does meanwhile. The index is rebuilt when the settings that name the lists change (and no
+checkpoint holds them to the old ones) or when VIDTRAIN_REINDEX is set; lists whose content
+changed are noticed and logged, and the index is kept.
+"""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from loader import Skipped, find_videos, make_demo_dataset, probe, read_manifest
-from loader.index import Item
+from loader import DatasetIndex, Skipped, find_videos, list_clips, make_demo_dataset, probe
+from loader.index import Item, Listing, lists_digest
 from vidtrain.settings import Settings
 
 log = logging.getLogger("vidtrain")
 DEMO_SEED = 0  # the demo data stays the same whatever the training seed
+INDEX_FOLDER = "index"
+# The settings that name the lists and how they are read: an index built under others is another dataset's.
+SOURCE_SETTINGS = ("data_dir", "train_manifest", "val_manifest", "video_root", "frame_template", "index_check",
+                   "demo_clips_per_class")
 
 
 class NoDataError(RuntimeError):
     """No usable data (exit code 3)."""
+
+
+class IndexMismatch(ValueError):
+    """The index on the output volume was built from other lists than the settings name (exit code 2)."""
 
 
 @dataclass
@@ -29,32 +46,107 @@ class Splits:
     class_names: list[str]
     source: str
     skipped: list[Skipped] = field(default_factory=list)
+    frames: dict[str, int] = field(default_factory=dict)  # frame count of every usable clip, by path
+    index: DatasetIndex | None = None
+    index_is_new: bool = False  # built by this start: to be written once the resume checks pass
 
 
-def assemble(settings: Settings, progress: bool, stop_when=None) -> Splits:
-    """Index, probe and split the configured data; raise NoDataError when a class or a split is left
-    without usable clips. `stop_when()` (a stop request) ends probing early with ProbeInterrupted."""
-    splits = _index(settings)
-    if len(splits.class_names) < 2:
-        raise NoDataError(f"need at least 2 classes, found {splits.class_names} in {splits.source}")
-    probe_args = dict(workers=settings.loader_workers, cache_file=settings.cache_dir / "probe.json",
-                      progress=progress, timeout=settings.decode_timeout_s, stop_when=stop_when)
-    splits.train, bad_train = probe(splits.train, **probe_args)
-    held_out = splits.val is None
-    if held_out:  # held out after probing, so no class loses its validation clips to bad files
-        splits.train, splits.val = stratified_split(splits.train, settings.val_fraction, settings.seed)
-        bad_val = []
+def index_folder(settings: Settings) -> Path:
+    return settings.output_dir / INDEX_FOLDER
+
+
+def assemble(settings: Settings, progress: bool, stop_when=None, metrics=None, build: bool = True) -> Splits:
+    """The configured data, from the dataset index: read when one built from the same lists exists
+    (unless VIDTRAIN_REINDEX), else built by probing every clip (`build`; a worker other than the
+    chief never builds: it reads the chief's). Raises NoDataError when a class or a split is left
+    without usable clips; `stop_when()` (a stop request) ends probing early with ProbeInterrupted."""
+    train, val, names, source, known = _list(settings)
+    digest = lists_digest(train, val)
+    wanted = _source(settings)
+    index = _read_index(settings)
+    if index is not None and index.source == wanted and not (settings.reindex and build):
+        if index.lists_sha256 != digest:
+            log.warning("the dataset lists changed since the index in %s was built (%s): training on the clips "
+                        "indexed then; VIDTRAIN_REINDEX=1 indexes them again", index_folder(settings),
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(index.built)))
+        else:
+            log.info("dataset index: %s (built %s; no clip probed again)", index_folder(settings),
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(index.built)))
+        fresh = False
+    elif not build:
+        raise IndexMismatch(f"no dataset index for these lists in {index_folder(settings)}: the chief (worker 0) "
+                            "writes it before the workers start training")
     else:
-        splits.val, bad_val = probe(splits.val, **probe_args)
-    splits.skipped = bad_train + bad_val
+        index, fresh = _build(settings, train, val, names, known, wanted, digest, progress, stop_when, metrics), True
+    return _splits(settings, index, source, fresh)
+
+
+def write_index(settings: Settings, splits: Splits) -> None:
+    """Store a newly built index (the chief, after the resume checks passed)."""
+    if splits.index_is_new:
+        path = splits.index.write(index_folder(settings))
+        log.info("dataset index written to %s", path)
+        splits.index_is_new = False
+
+
+def _source(settings: Settings) -> dict:
+    values = settings.redacted()
+    return {name: values[name] for name in SOURCE_SETTINGS}
+
+
+def _read_index(settings: Settings) -> DatasetIndex | None:
+    try:
+        return DatasetIndex.read(index_folder(settings))
+    except ValueError as exc:
+        log.warning("%s: indexing again", exc)
+        return None
+
+
+def _build(settings, train, val, names, known, source, digest, progress, stop_when, metrics) -> DatasetIndex:
+    args = dict(workers=settings.index_workers, progress=progress, timeout=settings.decode_timeout_s,
+                stop_when=stop_when, known=known, template=settings.frame_template, check=settings.index_check,
+                metrics=metrics)
+    train_ok, train_skipped, train_frames = probe(train + (val or []), **args)
+    val_ok, val_skipped, val_frames = None, [], None
+    if val is not None:  # probed in one pass with the training clips (one progress count): split back
+        cut = _count_train(train, train_ok)
+        train_ok, val_ok = train_ok[:cut], train_ok[cut:]
+        train_frames, val_frames = train_frames[:cut], train_frames[cut:]
+        in_val = {p for p, _ in val}
+        train_skipped, val_skipped = ([s for s in train_skipped if s.path not in in_val],
+                                      [s for s in train_skipped if s.path in in_val])
+    return DatasetIndex(names, train_ok, train_frames, val_ok, val_frames, train_skipped, val_skipped, source,
+                        digest)
+
+
+def _count_train(train: list[Item], usable: list[Item]) -> int:
+    """How many of `usable` (training clips, then validation clips, in order) are training clips."""
+    training = {p for p, _ in train}
+    return sum(1 for p, _ in usable if p in training)
+
+
+def _splits(settings: Settings, index: DatasetIndex, source: str, fresh: bool) -> Splits:
+    names = index.class_names
+    if len(names) < 2:
+        raise NoDataError(f"need at least 2 classes, found {names} in {source}")
+    frames = dict(zip((p for p, _ in index.train), index.train_frames))
+    if index.val is not None:
+        frames.update(zip((p for p, _ in index.val), index.val_frames))
+    bad = {"train": index.skipped, "val": index.val_skipped}
+    held_out = index.val is None
+    if held_out:  # held out after probing, so no class loses its validation clips to bad files
+        train, val = stratified_split(index.train, settings.val_fraction, settings.seed)
+    else:
+        train, val = list(index.train), list(index.val)
+    splits = Splits(train, val, names, source, index.skipped + index.val_skipped, frames, index, fresh)
     for s in splits.skipped:
         log.warning("skipping %s: %s", s.path, s.reason)
     if splits.skipped and settings.on_bad_video == "fail":
         raise NoDataError(f"{len(splits.skipped)} unusable clip(s) and VIDTRAIN_ON_BAD_VIDEO=fail; first: "
                           f"{splits.skipped[0].path}: {splits.skipped[0].reason}")
-    _check_every_class(splits, {"train": bad_train, "val": bad_val}, ("train",) if held_out else ("train", "val"))
+    _check_every_class(splits, bad, ("train",) if held_out else ("train", "val"))
     if not splits.val:
-        raise NoDataError(f"no usable validation clips in {splits.source} (VIDTRAIN_VAL_FRACTION holds out none: "
+        raise NoDataError(f"no usable validation clips in {source} (VIDTRAIN_VAL_FRACTION holds out none: "
                           "every class has a single clip)")
     return splits
 
@@ -74,21 +166,24 @@ def _check_every_class(splits: Splits, bad: dict[str, list[Skipped]], names: tup
                               f"clip in {splits.source} ({why})")
 
 
-def _index(settings: Settings) -> Splits:
-    """Items of the configured data; `val` is None when it is to be held out of `train`."""
+def _list(settings: Settings) -> tuple[list[Item], list[Item] | None, list[str], str, dict[str, int]]:
+    """The listed clips (train, val or None when it is to be held out), class names, a name for the
+    source, and frame counts the lists give."""
     if settings.train_manifest:
-        train, names = read_manifest(settings.train_manifest, settings.video_root)
+        train = list_clips(settings.train_manifest, settings.video_root)
         source = str(settings.train_manifest)
-        val = _relabel(*read_manifest(settings.val_manifest, settings.video_root, role="val"), names) \
-            if settings.val_manifest else None
+        val = list_clips(settings.val_manifest, settings.video_root, role="val") if settings.val_manifest else None
     else:
         root = settings.data_dir or _demo(settings)
         source = str(root)
-        train, names = find_videos(root / "train")
-        val = _relabel(*find_videos(root / "val"), names) if (root / "val").is_dir() else None
+        train = Listing(*find_videos(root / "train"))
+        val = Listing(*find_videos(root / "val")) if (root / "val").is_dir() else None
+    known = dict(train.frames)
+    val_items = None
     if val is not None:
-        val = _without(val, train, source)
-    return Splits(train, val, names, source)
+        known.update(val.frames)
+        val_items = _without(_relabel(val.items, val.class_names, train.class_names), train.items, source)
+    return train.items, val_items, train.class_names, source, known
 
 
 def _without(val: list[Item], train: list[Item], source: str) -> list[Item]:

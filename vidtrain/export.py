@@ -2,7 +2,8 @@
 
 `serving_default` takes uint8 clips [batch, FRAMES, HEIGHT, WIDTH, 3] (scaling is inside the
 model) and returns `probabilities` [batch, classes] (softmax) and `class_names` [batch] (the
-predicted class). `assets/vidtrain.json` holds class_names, frames, height, width and sampling.
+predicted class). `assets/vidtrain.json` holds class_names, frames, height, width, the training's
+sampling mode (evaluate and predict modes take test clips of that mode) and the test clip in words.
 Written beside, then swapped in, so a reader never sees half an export.
 """
 
@@ -13,14 +14,14 @@ import os
 import shutil
 from pathlib import Path
 
-from vidtrain.checkpoint import write_atomic
+from loader.atomic import write_atomic
+from loader.sampling import describe_test_clip
 
 SAVED_MODEL = "saved_model"
 ASSET = "vidtrain.json"
-SAMPLING = "uniform"  # how the job samples frames for evaluation and prediction
 
 
-def export_saved_model(model, out: Path, class_names: list[str]) -> Path:
+def export_saved_model(model, out: Path, class_names: list[str], sampling: str) -> Path:
     import keras
     import tensorflow as tf
 
@@ -41,7 +42,8 @@ def export_saved_model(model, out: Path, class_names: list[str]) -> Path:
     archive.write_out(str(staging), verbose=False)
     (staging / "assets").mkdir(exist_ok=True)
     meta = {"class_names": list(class_names), "frames": frames, "height": height, "width": width,
-            "sampling": SAMPLING, "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
+            "sampling": sampling, "test_clip": describe_test_clip(sampling, frames),
+            "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
     write_atomic(staging / "assets" / ASSET, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     old = out / f".{SAVED_MODEL}.{os.getpid()}.old"
     if final.exists():
@@ -49,3 +51,9 @@ def export_saved_model(model, out: Path, class_names: list[str]) -> Path:
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def read_meta(out: Path) -> dict | None:
+    """assets/vidtrain.json of the SavedModel in `out`, or None when there is none."""
+    path = out / SAVED_MODEL / "assets" / ASSET
+    return json.loads(path.read_text()) if path.exists() else None

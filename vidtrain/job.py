@@ -1,9 +1,10 @@
 """One job run: train, evaluate or predict, with metrics served throughout.
 
-Exit codes (DESIGN.md): 0 done, 1 an output could not be written (disk full:
-Kubernetes retries), 2 invalid configuration (also a resume whose order-fixing
-settings differ from the checkpoint's), 3 no usable data, 4 training diverged,
-143 stopped by SIGTERM after a checkpoint (130 for SIGINT).
+Exit codes (docs/design.md): 0 done, 1 a transient failure to retry (an output
+could not be written for lack of space, a lost peer worker, an unexpected
+error), 2 invalid configuration (also a resume whose order-fixing settings differ
+from the checkpoint's), 3 no usable data, 4 training diverged, 143 stopped by
+SIGTERM after a checkpoint (130 for SIGINT).
 """
 
 from __future__ import annotations
@@ -26,40 +27,36 @@ from loader import (
     probe,
     read_paths,
 )
+from loader.atomic import OutputError, write_atomic, write_json_atomic
 from loader.decode import IMAGE_EXTENSIONS
 from vidtrain import report
-from vidtrain.checkpoint import (
-    Checkpointer,
-    CheckpointError,
-    OutputError,
-    Position,
-    ResumeMismatch,
-    check_resume,
-    fingerprint,
-)
+from vidtrain.checkpoint import Checkpointer, CheckpointError, Position, ResumeMismatch, check_resume, fingerprint
 from vidtrain.control import Diverged, Stopped, StopRequest
-from vidtrain.data import NoDataError, Splits, assemble
-from vidtrain.export import export_saved_model
+from vidtrain.data import IndexMismatch, NoDataError, Splits, assemble, write_index
+from vidtrain.export import export_saved_model, read_meta
 from vidtrain.metrics import JobMetrics, push_outcome, serve
-from vidtrain.settings import Settings, env_name
+from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
 EXIT_OK, EXIT_OUTPUT, EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED = 0, 1, 2, 3, 4
 CLASSES_FILE = "classes.json"
 
 
-def run(settings: Settings, progress: bool, registry: CollectorRegistry | None = None, events=None) -> int:
+def run(settings: Settings, progress: bool, registry: CollectorRegistry | None = None, events=None,
+        server=None) -> int:
     """Run the job `settings` describe; returns the exit code. `registry` (default: a new one) holds
-    the metrics; `events` (vidtrain.train.LoopEvents) is where a caller may act inside the loop."""
+    the metrics, served by `server` (default: started here on METRICS_PORT); `events`
+    (vidtrain.control.LoopEvents) is where a caller may act inside the loop."""
     registry = registry or CollectorRegistry()
     metrics = JobMetrics(registry)
-    try:
-        server = serve(registry, str(settings.metrics_addr), settings.metrics_port)
-    except OSError as exc:
-        log.error("VIDTRAIN_METRICS_PORT=%d: cannot serve metrics on %s:%d (%s)", settings.metrics_port,
-                  settings.metrics_addr, settings.metrics_port, exc.strerror)
-        return EXIT_CONFIG
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, settings.metrics_port)
+    if server is None:
+        try:
+            server = serve(registry, str(settings.metrics_addr), settings.metrics_port)
+        except OSError as exc:
+            log.error("invalid configuration: VIDTRAIN_METRICS_PORT=%d: cannot serve metrics on %s:%d (%s)",
+                      settings.metrics_port, settings.metrics_addr, settings.metrics_port, exc.strerror)
+            return EXIT_CONFIG
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, server.server_port)
     stop = StopRequest()
     try:
         with stop:
@@ -74,8 +71,8 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
     except (NoDataError, DecodeError, ManifestError) as exc:
         log.error("no usable data: %s", exc)
         return EXIT_NO_DATA
-    except (ConfigProblem, ResumeMismatch, CheckpointError) as exc:
-        log.error("%s", exc)
+    except (ConfigProblem, ResumeMismatch, CheckpointError, IndexMismatch) as exc:
+        log.error("invalid configuration: %s", exc)
         return EXIT_CONFIG
     except Diverged as exc:
         log.error("%s", exc)
@@ -119,12 +116,10 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-class ConfigProblem(RuntimeError):
-    """A setting that validated but cannot work (exit code 2)."""
-
-
-def _prepare(settings: Settings, progress: bool, stop: StopRequest | None = None) -> Splits:
-    splits = assemble(settings, progress, stop_when=(lambda: stop.requested) if stop else None)
+def _prepare(settings: Settings, progress: bool, metrics: JobMetrics, stop: StopRequest | None = None,
+             build: bool = True) -> Splits:
+    splits = assemble(settings, progress, stop_when=(lambda: stop.requested) if stop else None, metrics=metrics,
+                      build=build)
     try:
         check_decode_device(settings.decode_device, splits.train[0][0])
     except RuntimeError as exc:
@@ -140,7 +135,12 @@ def _prepare(settings: Settings, progress: bool, stop: StopRequest | None = None
 
 
 def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: StopRequest, events=None) -> int:
-    splits = _prepare(settings, progress, stop)
+    """Index (or read the index), check a resume, train. In multi-worker training the chief (worker 0)
+    indexes first and joins the others once its index is written, so the others meet it before they
+    read the index: every worker trains from the chief's index, with the same shards and steps."""
+    chief = not settings.distributed or settings.cluster()["task"]["index"] == 0
+    world = None if chief else _make_world(settings, stop)
+    splits = _prepare(settings, progress, metrics, stop, build=chief)
     for s in splits.skipped:
         metrics.count_skip(s.kind)
     workers = len(settings.cluster()["cluster"]["worker"]) if settings.distributed else 1
@@ -152,8 +152,19 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
         if done := _already_done(settings, resume):
             log.info("%s", done)
             return EXIT_OK
+    if chief:
+        write_index(settings, splits)
+    world = world or _make_world(settings, stop)
     stop.immediate = False  # from here a stop request ends the current step and checkpoints
-    return _train(settings, splits, metrics, stop, resume, current, progress, events)
+    return _train(settings, splits, metrics, stop, world, resume, current, progress, events)
+
+
+def _make_world(settings: Settings, stop: StopRequest):
+    from vidtrain.train import make_world
+
+    world = make_world(settings)
+    stop.install()  # creating a MultiWorkerMirroredStrategy takes SIGTERM over; take it back
+    return world
 
 
 def _already_done(settings: Settings, resume: Position) -> str | None:
@@ -170,15 +181,13 @@ def _already_done(settings: Settings, resume: Position) -> str | None:
             "raise VIDTRAIN_EPOCHS to train on")
 
 
-def _train(settings, splits, metrics, stop, resume, current, progress, events) -> int:
-    from vidtrain.train import make_world, train
+def _train(settings, splits, metrics, stop, world, resume, current, progress, events) -> int:
+    from vidtrain.train import train
 
-    world = make_world(settings)
-    stop.install()  # creating a MultiWorkerMirroredStrategy takes SIGTERM over; take it back
     out = settings.output_dir
     if world.chief:
         Checkpointer(out / "checkpoints").remove_stale()
-        report.write_json_atomic(out / CLASSES_FILE, splits.class_names)
+        write_json_atomic(out / CLASSES_FILE, splits.class_names)
     outcome = train(settings, splits, metrics, stop, world, resume, current, progress, events)
     if outcome.stopped:
         log.info("stopped; the next run with VIDTRAIN_OUTPUT_DIR=%s resumes", out)
@@ -203,8 +212,8 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
         final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
                                 metrics.loader("val"), predict=lambda x: outcome.model(x, training=False))
     report.write_history(out, outcome.history)
-    report.write_atomic(out / "model.keras", outcome.model.save)
-    export_saved_model(outcome.model, out, splits.class_names)
+    write_atomic(out / "model.keras", outcome.model.save)
+    export_saved_model(outcome.model, out, splits.class_names, settings.sampling)
     report.plot_curves(out, outcome.history)
     wait = metrics.total("vidtrain_data_wait_seconds_sum")
     seconds = max(outcome.seconds, 1e-9)
@@ -246,7 +255,8 @@ def _counts(splits: Splits) -> dict:
 
 def _load_model(settings: Settings):
     """The trained model, its class names, and `settings` with the clip shape the model takes
-    (FRAMES, HEIGHT, WIDTH come from the model: other values would not fit it)."""
+    (FRAMES, HEIGHT, WIDTH come from the model: other values would not fit it) and, unless
+    VIDTRAIN_SAMPLING is set, the sampling it was trained with (its test clips keep that time scale)."""
     import keras
 
     path = settings.output_dir / "model.keras"
@@ -259,6 +269,9 @@ def _load_model(settings: Settings):
         if getattr(settings, name) != value and name in settings.model_fields_set:
             log.warning("%s=%s ignored: the model in %s takes %s=%d", env_name(name), getattr(settings, name), path,
                         env_name(name), value)
+    meta = read_meta(settings.output_dir) or {}
+    if "sampling" in meta and "sampling" not in settings.model_fields_set:
+        shape["sampling"] = meta["sampling"]
     return model, report.read_json(settings.output_dir / CLASSES_FILE), settings.model_copy(update=shape)
 
 
@@ -266,7 +279,7 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
     from vidtrain.train import sequences
 
     model, class_names, settings = _load_model(settings)
-    splits = _prepare(settings, progress)
+    splits = _prepare(settings, progress, metrics)
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
     _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips)
@@ -310,15 +323,17 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
     paths = predict_inputs(settings.predict_input)
     if not paths:
         raise NoDataError(f"VIDTRAIN_PREDICT_INPUT={settings.predict_input} names no clips")
-    good, skipped = probe([(p, i) for i, p in enumerate(paths)], settings.loader_workers,
-                          settings.cache_dir / "probe.json", progress, timeout=settings.decode_timeout_s)
+    good, skipped, _ = probe([(p, i) for i, p in enumerate(paths)], settings.index_workers, progress,
+                             timeout=settings.decode_timeout_s, template=settings.frame_template,
+                             check=settings.index_check, metrics=metrics)
     rows = [{"path": p, "error": ""} for p in paths]
     for s in skipped:  # labels are input positions: a clip listed twice gets its error twice
         rows[s.label]["error"] = s.reason
         metrics.count_skip(s.kind)
     if good:  # labels carry the input position, so results go back to their rows
         seq = VideoSequence(good, settings.batch_size, settings.frames, (settings.height, settings.width),
-                            on_bad_video="fail", device=settings.decode_device, metrics=metrics,
+                            sampling=settings.sampling, test_mode=True, on_bad_video="fail",
+                            frame_template=settings.frame_template, device=settings.decode_device, metrics=metrics,
                             decode_timeout=settings.decode_timeout_s)
         with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches,
                                metrics=metrics.loader("predict")) as gen:

@@ -29,7 +29,7 @@ SPLITS = ("train", "val", "predict")
 
 
 class JobMetrics:
-    """Every metric in DESIGN.md, registered on `registry`."""
+    """Every metric of docs/design.md, registered on `registry`."""
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
@@ -48,6 +48,8 @@ class JobMetrics:
         self.cache_misses = Counter("vidtrain_frame_cache_misses", "Clips decoded because the frame cache lacked them.",
                                     registry=registry)
         self.cache_bytes = Gauge("vidtrain_frame_cache_bytes", "Bytes in the frame cache.", registry=registry)
+        self.index_clips = Gauge("vidtrain_index_clips", "Dataset indexing: clips probed (done) of those to probe "
+                                 "(total).", ["state"], registry=registry)
         self.epoch = Gauge("vidtrain_epoch", "Epochs completed.", registry=registry)
         self.loss = Gauge("vidtrain_loss", "Loss at the end of the last epoch.", ["split"], registry=registry)
         self.accuracy = Gauge("vidtrain_accuracy", "Accuracy at the end of the last epoch.", ["split"],
@@ -73,6 +75,11 @@ class JobMetrics:
 
     def set_cache_bytes(self, total: int) -> None:
         self.cache_bytes.set(total)
+
+    # -- loader.hooks.IndexHooks (called from the indexing thread) ---------------------------
+    def set_index_progress(self, done: int, total: int) -> None:
+        self.index_clips.labels("done").set(done)
+        self.index_clips.labels("total").set(total)
 
     # -- readings for the report ----------------------------------------------------------
     def total(self, sample: str, **labels) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from loader import PrefetchGenerator
-from vidtrain.checkpoint import write_atomic, write_json_atomic
+from loader.atomic import write_atomic, write_json_atomic
 
 
 def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=None, stop_when=None,

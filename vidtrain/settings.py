@@ -1,15 +1,19 @@
 """Settings: the only place that reads the environment.
 
-Every setting is an environment variable `VIDTRAIN_<NAME>` and a CLI flag
-`--<name>` (CLI wins), with a typed default and a one-line description.
-`load()` returns one frozen `Settings` or raises `ConfigError`, whose lines
-each name the variable, the bad value and what is allowed. This module
-imports nothing heavy, so a bad setting fails in well under a second.
+Every setting is an environment variable `VIDTRAIN_<NAME>` (upper case, as
+written) and a CLI flag `--<name>` (CLI wins), with a typed default and a
+one-line description. `load()` returns one frozen `Settings` or raises
+`ConfigError`, whose lines each name the variable, the bad value and what is
+allowed (a misspelt name gets "did you mean ...?"), every problem of the run at
+once. `help_text()` is what `--help` prints. This module imports nothing heavy,
+so a bad setting fails in well under a second.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import textwrap
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Literal
@@ -41,7 +45,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=PREFIX, frozen=True, extra="forbid", cli_kebab_case=True, cli_prog_name="vidtrain",
         cli_implicit_flags=True, env_ignore_empty=True,  # VIDTRAIN_DATA_DIR= means unset, not "."
-    )
+    )  # pydantic-settings matches names in any case: load() refuses all but the upper-case spelling
 
     # -- data ------------------------------------------------------------------------
     data_dir: DirectoryPath | None = Field(None, description="folder with train/ (and val/) class folders")
@@ -51,9 +55,16 @@ class Settings(BaseSettings):
     video_root: DirectoryPath | None = Field(None, description="where the manifests' clips live (default: beside "
                                              "the manifest)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for validation when no val split")
-    cache_dir: Path = Field(Path(".cache"), description="demo dataset, probe cache and frame cache (frames/)")
+    cache_dir: Path = Field(Path(".cache"), description="the demo dataset and the frame cache (frames/)")
     frame_cache_gb: float = Field(10, ge=0, le=100000, description="bound of the decoded-frame cache; 0 turns it off")
     demo_clips_per_class: int = Field(40, ge=2, le=1000, description="training clips per class of the demo set")
+    frame_template: str | None = Field(None, description="file names of a frame folder's RGB frames, e.g. "
+                                       "img_{:05d}.jpg (default: img_* files if any, else every image)")
+    index_workers: int = Field(16, ge=1, le=256, description="threads that probe clips for the dataset index "
+                               "(sized for storage latency, not cores)")
+    index_check: Literal["header", "decode"] = Field("header", description="what indexing reads of a clip: its "
+                                                     "header, or also its last frame decoded")
+    reindex: bool = Field(False, description="probe every clip again and rewrite the dataset index")
     # -- job -------------------------------------------------------------------------
     mode: Literal["train", "evaluate", "predict"] = Field("train", description="what the job does")
     output_dir: Path = Field(Path("output"), description="model, checkpoints, reports")
@@ -66,7 +77,13 @@ class Settings(BaseSettings):
     frames: int = Field(16, ge=1, le=512, description="frames sampled per clip")
     height: int = Field(64, ge=16, le=1024, description="frame height after resize")
     width: int = Field(64, ge=16, le=1024, description="frame width after resize")
-    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="peak learning rate (AdamW)")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="the rate after warm-up: constant, "
+                                                      "or a cosine decay to 0 at the last epoch")
+    warmup_epochs: float = Field(0, ge=0, le=1000, description="epochs of linear warm-up from a tenth of the rate")
+    weight_decay: float = Field(0, ge=0, le=1, description="AdamW's decoupled weight decay (0: plain Adam)")
+    label_smoothing: float = Field(0, ge=0, lt=1, description="share of each target spread over all classes")
+    grad_clip_norm: float = Field(0, ge=0, le=1000, description="clip gradients to this global norm (0: off)")
     seed: int = Field(0, ge=0, description="seed for data order, sampling, augmentation and weights")
     sampling: Literal["uniform", "random", "stride"] = Field("random", description="training frame sampling")
     augment_flip: bool = Field(False, description="horizontal flips that swap left/right labels")
@@ -77,9 +94,12 @@ class Settings(BaseSettings):
     prefetch_batches: int = Field(4, ge=1, le=256, description="batches decoded ahead (memory bound)")
     decode_device: Literal["cpu", "gpu"] = Field("cpu", description="decord decode device")
     on_bad_video: Literal["skip", "fail"] = Field("skip", description="skip and report, or stop with exit 3")
+    checkpoint_every_s: float = Field(1800, ge=0, le=10**7, description="also checkpoint mid-epoch after this "
+                                      "many seconds (0: at epoch ends only)")
     decode_timeout_s: float = Field(60, gt=0, le=86400, description="a clip whose decode takes longer is skipped")
     # -- metrics ---------------------------------------------------------------------
-    metrics_port: int = Field(8000, ge=1, le=65535, description="Prometheus /metrics port")
+    metrics_port: int = Field(8000, ge=0, le=65535, description="Prometheus /metrics port (0: any free port, "
+                              "logged)")
     metrics_addr: IPvAnyAddress = Field(IPv4Address("0.0.0.0"), description="metrics bind address")
     pushgateway_url: SecretStr | None = Field(None, description="Pushgateway for the final outcome (may hold secrets)")
     # -- multi-worker (tf.distribute.MultiWorkerMirroredStrategy) ----------------------
@@ -95,6 +115,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         problems = []
+        if self.frame_template is not None:
+            from loader.paths import template_pattern
+
+            try:
+                template_pattern(self.frame_template)
+            except ValueError as exc:
+                problems.append(("frame_template", str(exc)))
         if self.data_dir and (self.train_manifest or self.val_manifest):
             problems.append(("data_dir", "set either DATA_DIR or TRAIN_MANIFEST/VAL_MANIFEST, not both"))
         if self.val_manifest and not self.train_manifest:
@@ -107,6 +134,8 @@ class Settings(BaseSettings):
             problems.append(("frames", f"cnn_rnn reads frame differences: needs FRAMES >= 2, got {self.frames}"))
         if self.worker_index >= self.num_workers and self.tf_config is None:
             problems.append(("worker_index", f"index {self.worker_index} is not below NUM_WORKERS={self.num_workers}"))
+        if self.warmup_epochs > self.epochs:
+            problems.append(("warmup_epochs", f"{self.warmup_epochs:g} warm-up epochs of {self.epochs} in all"))
         if self.mode == "predict" and self.predict_input is None:
             problems.append(("predict_input", "predict mode needs PREDICT_INPUT (a clip, folder or CSV)"))
         if self.predict_input is not None and not self.predict_input.exists():
@@ -162,6 +191,10 @@ def env_name(field: str) -> str:
     return PREFIX + field.upper()
 
 
+class ConfigProblem(RuntimeError):
+    """A setting that validated but cannot work with this data, model or machine (exit code 2)."""
+
+
 class ConfigError(ValueError):
     """Invalid configuration: `lines` holds one message per problem."""
 
@@ -171,19 +204,98 @@ class ConfigError(ValueError):
 
 
 def load(argv: list[str] | None = None) -> Settings:
-    """Settings from the environment and `argv` (CLI flags win). Raises ConfigError."""
-    # Case-insensitive, as the settings themselves are: vidtrain_epoch=3 is a typo to report, not to ignore.
-    unknown = sorted(k for k in os.environ
-                     if k.upper().startswith(PREFIX) and k[len(PREFIX):].lower() not in Settings.model_fields)
-    if unknown:
-        raise ConfigError([f"{k}: unknown setting (allowed: {', '.join(map(env_name, Settings.model_fields))})"
-                           for k in unknown])
+    """Settings from the environment and `argv` (CLI flags win). Raises ConfigError listing every
+    problem: unknown variables (with the nearest name) and invalid values alike."""
+    known = {env_name(name) for name in Settings.model_fields}
+    problems = [_unknown(k, known) for k in sorted(os.environ) if k.upper().startswith(PREFIX) and k not in known]
     try:
-        return Settings(_cli_parse_args=argv if argv is not None else [], _cli_exit_on_error=True)
+        settings = Settings(_cli_parse_args=argv if argv is not None else [], _cli_exit_on_error=True)
     except ValidationError as exc:
-        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+        problems += [_describe(err) for err in exc.errors()]
     except SettingsError as exc:
-        raise ConfigError([str(exc)]) from None
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _unknown(name: str, known: set[str]) -> str:
+    near = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+    hint = f"did you mean {near[0]}?" if near else "see --help for the settings"
+    case = " (names are upper case)" if name.upper() in known else ""
+    return f"{name}: unknown setting{case}; {hint}"
+
+
+# The settings in --help and the README's table, group by group.
+GROUPS = {
+    "data": ("data_dir", "train_manifest", "val_manifest", "video_root", "val_fraction", "frame_template",
+             "cache_dir", "frame_cache_gb", "demo_clips_per_class", "index_workers", "index_check", "reindex"),
+    "job": ("mode", "output_dir", "predict_input", "epochs", "seed", "checkpoint_every_s"),
+    "model and clips": ("model", "rnn_cell", "pretrained_weights", "frames", "height", "width", "sampling",
+                        "eval_clips"),
+    "training recipe": ("batch_size", "learning_rate", "lr_schedule", "warmup_epochs", "weight_decay",
+                        "label_smoothing", "grad_clip_norm", "augment_flip", "augment_crop"),
+    "loader": ("loader_workers", "prefetch_batches", "decode_device", "on_bad_video", "decode_timeout_s"),
+    "metrics": ("metrics_port", "metrics_addr", "pushgateway_url"),
+    "multi-worker": ("num_workers", "worker_index", "worker_service", "job_name", "worker_port", "tf_config"),
+}
+
+
+def variable(field: str) -> str:
+    """The environment variable a setting is read from (Kubernetes' and TensorFlow's own names first)."""
+    alias = Settings.model_fields[field].validation_alias
+    return " or ".join(alias.choices) if alias is not None else env_name(field)
+
+
+def plain_type(field: str) -> str:
+    """The setting's type in words: folder, file, path, integer, number, true|false, the allowed
+    values (a|b|c), text, JSON, URL or address."""
+    import typing
+
+    annotation = Settings.model_fields[field].annotation
+    text = str(annotation)
+    literal = next((a for a in typing.get_args(annotation) + (annotation,) if typing.get_origin(a) is typing.Literal),
+                   None)
+    if literal is not None:
+        return "|".join(map(str, typing.get_args(literal)))
+    for marker, kind in (("path_type='dir'", "FOLDER"), ("path_type='file'", "FILE"), ("Path", "PATH"),
+                         ("bool", "true|false"), ("int", "INTEGER"), ("float", "NUMBER"), ("SecretStr", "URL"),
+                         ("IPvAnyAddress", "ADDRESS"), ("Json", "JSON")):
+        if marker in text:
+            return kind
+    return "TEXT"
+
+
+def default_text(field: str) -> str:
+    """The default in words ("none" for no value)."""
+    value = Settings.model_fields[field].default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def help_text() -> str:
+    """What `--help` prints: every setting by group, its variable, flag, type, default and meaning."""
+    lines = ["usage: python entrypoint.py [--<setting> VALUE ...]", "",
+             "Trains, evaluates or predicts with a video classifier (vidtrain). Every setting is an environment",
+             f"variable {PREFIX}<NAME> (upper case) or a flag --<name>; a flag wins. An invalid value stops the job",
+             "with exit code 2 before any work, naming the variable.", ""]
+    for group, fields in GROUPS.items():
+        lines.append(f"{group}:")
+        for field in fields:
+            info = Settings.model_fields[field]
+            flag = "--" + (info.validation_alias.choices[0] if info.validation_alias else field).lower().replace(
+                "_", "-")
+            lines.append(f"  {variable(field)}  ({flag} {plain_type(field)})")
+            body = info.description if "default:" in info.description else \
+                f"{info.description} (default: {default_text(field)})"
+            lines += textwrap.wrap(body, width=96, initial_indent="      ", subsequent_indent="      ")
+        lines.append("")
+    lines.append("Exit codes: 0 done; 1 transient (retry); 2 invalid configuration; 3 no usable data; "
+                 "4 training diverged; 143/130 stopped by SIGTERM/SIGINT after a checkpoint.")
+    return "\n".join(lines)
 
 
 def _describe(err: dict) -> str:

@@ -13,6 +13,12 @@ so nobody uses `fit`). Everything below is decided here and nowhere else:
   clips); a stop request is all-reduced with every step's results, so all
   workers stop at the same step; BatchNorm statistics are averaged over the
   workers before validation and before a checkpoint;
+- checkpoints: at every epoch's end, before every validation (the epoch
+  "trained, validation pending": a worker killed while the chief validates
+  loses no training), and mid-epoch every CHECKPOINT_EVERY_S seconds of the
+  chief's clock, agreed by all workers at the same step like a stop;
+- the rate: set before every step from the recipe (vidtrain.recipe), so a
+  resume trains with the rate today's settings give;
 - divergence: a non-finite loss raises `Diverged` before anything of that
   epoch is recorded;
 - what the metrics mean: `train_step` times the step's compute alone; the
@@ -34,14 +40,15 @@ import numpy as np
 import tensorflow as tf
 
 from loader import FrameCache, PrefetchGenerator, VideoSequence, flip_label_map
+from loader.atomic import write_json_atomic
 from models import build_model
-from vidtrain import report
+from vidtrain import recipe, report
 from vidtrain.board import Board
-from vidtrain.checkpoint import Checkpointer, Position, write_json_atomic
+from vidtrain.checkpoint import Checkpointer, Position
 from vidtrain.control import Diverged, LoopEvents, StopRequest
 from vidtrain.data import Splits
 from vidtrain.metrics import JobMetrics
-from vidtrain.settings import Settings
+from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
 SUM = tf.distribute.ReduceOp.SUM
@@ -101,16 +108,18 @@ class Outcome:
 def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tuple[int, int] = (0, 1),
               eval_clips: int = 1) -> tuple[VideoSequence, VideoSequence]:
     """The training sequence (of this worker's shard) and the validation sequence (all of it,
-    `eval_clips` clips per video)."""
+    `eval_clips` test clips per video at the training's time scale)."""
     cache = FrameCache(settings.cache_dir / "frames", int(settings.frame_cache_gb * 1e9), metrics) \
         if settings.frame_cache_gb > 0 else None
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
                   on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics, cache=cache,
                   decode_timeout=settings.decode_timeout_s)
+    common |= {"frame_template": settings.frame_template, "frame_counts": splits.frames}
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
                           flip_labels=flips, crop=settings.augment_crop, shard=shard, **common)
-    val = VideoSequence(splits.val, shuffle=False, sampling="uniform", clips_per_video=eval_clips, **common)
+    val = VideoSequence(splits.val, shuffle=False, sampling=settings.sampling, test_mode=True,
+                        clips_per_video=eval_clips, **common)
     return train, val
 
 
@@ -118,8 +127,14 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
     model = build_model(settings.model, num_classes, settings.frames, settings.height, settings.width,
                         rnn_cell=settings.rnn_cell)
     if settings.pretrained_weights:
-        model.load_weights(settings.pretrained_weights)
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+        try:
+            model.load_weights(settings.pretrained_weights)
+        except (ValueError, OSError, KeyError) as exc:
+            raise ConfigProblem(f"{env_name('pretrained_weights')}={settings.pretrained_weights}: these weights do "
+                                f"not fit the {settings.model} model for {num_classes} classes at FRAMES x HEIGHT x "
+                                f"WIDTH {settings.frames}x{settings.height}x{settings.width} "
+                                f"({str(exc).splitlines()[0][:300]})") from None
+    model.compile(optimizer=recipe.optimizer(settings),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
@@ -128,9 +143,10 @@ def _seed_states(model: keras.Model) -> list:
     return [v for v in model.variables if v.path.endswith(SEED_STATE)]
 
 
-def _restore(position: Position) -> keras.Model:
+def _restore(position: Position, settings: Settings) -> keras.Model:
     log.info("resuming from %s: epoch %d, step %d", position.model_file, position.epoch, position.step)
     model = keras.models.load_model(position.model_file)
+    recipe.apply(model.optimizer, settings)  # today's weight decay and clipping; the rate is set per step
     states = _seed_states(model)
     if len(states) != len(position.rng):
         raise RuntimeError(f"{position.model_file}: {len(states)} random-generator states, "
@@ -143,11 +159,11 @@ def _restore(position: Position) -> keras.Model:
 class _Ops:
     """The compiled pieces of the loop, each a collective over all workers (trivial for one)."""
 
-    def __init__(self, world: World, model: keras.Model):
+    def __init__(self, world: World, model: keras.Model, num_classes: int, label_smoothing: float):
         strategy, optimizer = world.strategy, model.optimizer
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        loss_fn = recipe.loss_per_clip(num_classes, label_smoothing)
 
-        def replica_step(x, y, weight, stop_flag):
+        def replica_step(x, y, weight, flags):
             # The mean over every real clip of every worker: gradients are summed across workers.
             clips = tf.distribute.get_replica_context().all_reduce(SUM, tf.reduce_sum(weight))
             with tf.GradientTape() as tape:
@@ -157,11 +173,12 @@ class _Ops:
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
-            return tf.stack([tf.reduce_sum(per_clip), tf.reduce_sum(hits * weight), tf.reduce_sum(weight), stop_flag])
+            return tf.concat([tf.stack([tf.reduce_sum(per_clip), tf.reduce_sum(hits * weight), tf.reduce_sum(weight)]),
+                              flags], axis=0)
 
         @tf.function(reduce_retracing=True)
-        def step(x, y, weight, stop_flag):
-            return strategy.reduce(SUM, strategy.run(replica_step, args=(x, y, weight, stop_flag)), axis=None)
+        def step(x, y, weight, flags):
+            return strategy.reduce(SUM, strategy.run(replica_step, args=(x, y, weight, flags)), axis=None)
 
         @tf.function
         def agree(flags):
@@ -175,12 +192,22 @@ class _Ops:
             for variable, value in zip(statistics, values):
                 variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
 
-        self.step, self.agree = step, agree
+        self.step, self.agree, self.statistics = step, agree, statistics
         # BatchNorm's moving statistics: each worker updates them from its own batches. The update is
         # linear, so averaging at any point gives what one process would hold; averaged before each
         # validation and checkpoint, every worker holds the same, and a resume is exact.
         self.sync_statistics = sync_statistics if world.count > 1 and statistics else (lambda: None)
         self.predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def pad_step(self, x, y, flags):
+        """A zero-weight step for a worker whose shard has run out: it joins the step's collectives
+        (gradients, clip count, flags) and contributes nothing, BatchNorm's moving statistics
+        included (the padding clips would move them: they are put back)."""
+        kept = [keras.ops.convert_to_numpy(v) for v in self.statistics]
+        out = self.step(x, y, np.zeros(len(y), np.float32), flags)
+        for variable, value in zip(self.statistics, kept):
+            variable.assign(value)
+        return out
 
 
 def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopRequest, world: World,
@@ -192,10 +219,16 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     train_seq, val_seq = sequences(settings, splits, metrics, shard=(world.index, world.count))
     steps = steps_per_epoch(len(splits.train), settings.batch_size, world.count)
     with world.strategy.scope():
-        model = _restore(resume) if resume else new_model(settings, len(splits.class_names))
-    ops = _Ops(world, model)
+        model = _restore(resume, settings) if resume else new_model(settings, len(splits.class_names))
+    ops = _Ops(world, model, len(splits.class_names), settings.label_smoothing)
     pos = resume or Position()
-    loop = _Loop(settings, metrics, stop, world, model, ops, events, steps, len(splits.train), fingerprint)
+    checkpointer = Checkpointer(settings.output_dir / "checkpoints")
+    if resume:  # clips that failed before the stop are replaced as they were
+        failed = checkpointer.failures(resume, world.index)
+        train_seq.restore_skipped(failed)
+        val_seq.restore_skipped(failed)
+    loop = _Loop(settings, metrics, stop, world, model, ops, events, steps, len(splits.train), fingerprint,
+                 checkpointer, (train_seq, val_seq))
     began = time.perf_counter()
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
     first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
@@ -207,21 +240,36 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
             pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
         finally:
             loop.close()
+    skipped = train_seq.skipped + val_seq.skipped
     if world.count > 1:
         _record_worker(settings.output_dir, world.index, train_seq, model)
+        if world.chief and not stopped and pos.epoch > first_epoch:
+            # Every worker wrote its failures before validating the last epoch, then met the chief in a
+            # collective: the files are complete.
+            last = replace(pos, epoch=pos.epoch - 1, step=steps)
+            skipped += [s for w in range(1, world.count) for s in checkpointer.failures(last, w)]
     resumed = None if resume is None else {"epoch": resume.epoch, "step": resume.step, "clips": resume.clips}
     return Outcome(model, pos.history, stopped, resumed, time.perf_counter() - began, loop.clips_trained,
-                   train_seq.skipped + val_seq.skipped, loop.last_val)
+                   skipped, loop.last_val)
 
 
 class _Loop:
     """The epoch and step loop of `train`; holds what every part of one run shares."""
 
-    def __init__(self, settings, metrics, stop, world, model, ops, events, steps, clips, fingerprint):
+    def __init__(self, settings, metrics, stop, world, model, ops, events, steps, clips, fingerprint, checkpointer,
+                 sequences):
         self.settings, self.metrics, self.stop, self.world = settings, metrics, stop, world
         self.model, self.ops, self.events, self.steps, self.clips = model, ops, events, steps, clips
-        self.fingerprint = fingerprint
-        self.checkpointer = Checkpointer(settings.output_dir / "checkpoints")
+        self.fingerprint, self.checkpointer, self.sequences = fingerprint, checkpointer, sequences
+        self._saved_at: tuple[int, int] | None = None  # the position last checkpointed
+        self._last_save = time.monotonic()
+        self._rate: float | None = None
+        # The first step at which some worker's shard has run out (None: no worker pads). BatchNorm's
+        # statistics are averaged before it: a neutral padding step leaves the padding worker's
+        # statistics as they were, so from there on workers' updates differ in number, and averaging
+        # is exact (a resume equals an uninterrupted run) only from equal statistics.
+        shortest = min(math.ceil(len(range(w, clips, world.count)) / settings.batch_size) for w in range(world.count))
+        self.first_pad = shortest if shortest < steps else None
         self.clips_trained = 0
         self.last_val: dict | None = None
         self.board = Board(settings.output_dir) if world.chief else None
@@ -239,6 +287,7 @@ class _Loop:
                     bar.update(pos.step, finalize=True)  # the line ends where the epoch stopped
                 self._save(pos)
                 return pos, True
+            self._save(pos)  # trained, validation pending: a kill while the chief validates loses no training
             val = self._validate(pos.epoch, val_seq) if self.world.chief else None
             stop_any, val_missing = self.ops.agree(np.float32([self.stop.requested,
                                                                self.world.chief and val is None])).numpy()
@@ -254,14 +303,19 @@ class _Loop:
         sums, step, halted = np.array(pos.sums, np.float64), pos.step, False
         pad = None
         while step < self.steps and not halted:
+            if step == self.first_pad:
+                self.ops.sync_statistics()
+            self._set_rate(pos.epoch, step)
+            flags = np.float32([self.stop.requested, self._checkpoint_due()])
+            started = time.perf_counter()
             if step < len(train_seq):
                 x, y = next(batches)
-                weight = np.ones(len(y), np.float32)
-            else:  # this shard has run out: a zero-weight step keeps the collectives in lockstep
+                started = time.perf_counter()
+                out = self.ops.step(x, y, np.ones(len(y), np.float32), flags)
+            else:  # this shard has run out: a neutral step keeps the collectives in lockstep
                 x, y = pad = pad or train_seq[0]
-                weight = np.zeros(len(y), np.float32)
-            started = time.perf_counter()
-            loss, hits, clips, stops = self.ops.step(x, y, weight, np.float32(self.stop.requested)).numpy()
+                out = self.ops.pad_step(x, y, flags)
+            loss, hits, clips, stops, save = out.numpy()
             self.metrics.train_step.observe(time.perf_counter() - started)
             if not math.isfinite(loss):
                 raise Diverged(pos.epoch + 1, step + 1, float(loss))
@@ -271,8 +325,23 @@ class _Loop:
             self.events.after_step(pos.epoch, step, self.model, {"loss": loss / max(clips, 1), "clips": int(clips)})
             if bar is not None:
                 bar.update(step, [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])])
+            if save and not halted and step < self.steps:  # agreed: the chief's clock says a checkpoint is due
+                self._save(self._position(pos, step, sums))
+        return self._position(pos, step, sums), halted
+
+    def _position(self, pos: Position, step: int, sums) -> Position:
         clips_done = clips_after(step, self.clips, self.settings.batch_size, self.world.count)
-        return replace(pos, step=step, clips=clips_done, sums=tuple(float(s) for s in sums)), halted
+        return replace(pos, step=step, clips=clips_done, sums=tuple(float(s) for s in sums))
+
+    def _checkpoint_due(self) -> bool:
+        every = self.settings.checkpoint_every_s
+        return self.world.chief and every > 0 and time.monotonic() - self._last_save >= every
+
+    def _set_rate(self, epoch: int, step: int) -> None:
+        rate = recipe.learning_rate(self.settings, epoch, step, self.steps)
+        if rate != self._rate:
+            self.model.optimizer.learning_rate.assign(rate)
+            self._rate = rate
 
     def _validate(self, epoch: int, val_seq) -> dict | None:
         """The chief's validation of the epoch; None when a stop request cut it short."""
@@ -283,7 +352,8 @@ class _Loop:
 
     def _complete_epoch(self, pos: Position, val: dict | None, bar) -> Position:
         loss, hits, clips = pos.sums
-        logs = {"loss": loss / clips, "accuracy": hits / clips}
+        self._set_rate(pos.epoch, self.steps - 1)  # a resumed epoch with no step left has not set it
+        logs = {"loss": loss / clips, "accuracy": hits / clips, "learning_rate": self._rate}
         if val is not None:
             logs |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
             self.last_val = val
@@ -298,7 +368,7 @@ class _Loop:
                 self.metrics.accuracy.labels(split).set(logs[f"{prefix}accuracy"])
         if bar is not None:
             bar.update(self.steps, list(logs.items()), finalize=True)
-        log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4g}" for k, v in logs.items()))
         pos = Position(epoch=epoch, history=history)
         self._save(pos)
         if self.world.chief:
@@ -316,17 +386,24 @@ class _Loop:
     def _board(self, epoch: int, logs: dict) -> None:
         started, wait, clips = self._epoch_start
         seconds = max(time.perf_counter() - started, 1e-9)
-        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.board.epoch(epoch, logs, learning_rate=rate, data_wait_share=(self._train_wait() - wait) / seconds,
+        self.board.epoch(epoch, logs, data_wait_share=(self._train_wait() - wait) / seconds,
                          clips_per_second=(self.clips_trained - clips) / seconds)
 
     def _save(self, pos: Position) -> None:
-        """Checkpoint `pos` (the chief), with what makes it meaningful: random states, fingerprint, settings."""
+        """Checkpoint `pos`: the chief writes the model and the record, with what makes it meaningful
+        (random states, fingerprint, settings); every worker writes the clips that failed on it."""
+        if self._saved_at == (pos.epoch, pos.step):
+            return
+        failed = [s for seq in self.sequences for s in seq.skipped]
+        self.checkpointer.save_failures(pos, self.world.index, failed)
         if self.world.chief:
             rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
             self.checkpointer.save(self.model, replace(pos, rng=rng, fingerprint=self.fingerprint,
                                                        settings=self.settings.redacted()))
-            log.info("checkpoint: epoch %d, step %d/%d", pos.epoch, pos.step, self.steps)
+            log.info("checkpoint: %s", f"{pos.epoch} epochs done" if pos.step == 0 else
+                     f"epoch {pos.epoch + 1} trained, validation pending" if pos.step == self.steps else
+                     f"epoch {pos.epoch + 1}, step {pos.step}/{self.steps}")
+        self._saved_at, self._last_save = (pos.epoch, pos.step), time.monotonic()
 
 
 def weights_digest(variables) -> str:

@@ -1,0 +1,86 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a part.
+
+Used by everything that writes a file others read while it may be killed: the dataset index
+and the frame cache (loader), checkpoints, reports and the export (vidtrain). A temporary file
+in the target's folder is written, fsynced, given mode 0644 (mkstemp's 0600 would hide it from
+other users of a mounted volume) and renamed into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"  # every temporary file starts so: leftovers of a killed write are easy to find
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class OutputError(OSError):
+    """A file could not be written for lack of space (the job exits 1: Kubernetes retries)."""
+
+
+def write_atomic(path: str | os.PathLike, write, tag: str = "") -> None:
+    """Call write(tmp_path), fsync, then rename to `path`. Out of space, the temporary file is
+    removed, `path` is left as it was, and OutputError names the file and the space left. `tag`
+    (no "-" in it) starts the temporary file's name, after TEMP_PREFIX: who is writing."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{tag + '-' if tag else ''}{path.stem}-",
+                               suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if out_of_space(exc):
+            free = shutil.disk_usage(path.parent).free
+            error = OutputError(f"cannot write {path}: no space left ({free / 2**20:.1f} MiB free in "
+                                f"{path.parent}); its previous version is intact")
+            error.errno = errno.ENOSPC
+            raise error from None
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, data, indent: int | None = 2) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent, default=str)))
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """An ENOSPC (or quota, or file-size limit) error, also when a library wrapped it."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            return True
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def remove_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
+    """Remove temporary files a killed write left in `folder` (not below it) whose last change is
+    older than `older_than_s` seconds (a folder other live processes write to needs a margin);
+    returns what was removed."""
+    import time
+
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+            try:
+                if now - entry.stat().st_mtime >= older_than_s:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                pass  # another process removed or renamed it meanwhile
+    return removed
