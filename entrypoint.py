@@ -38,12 +38,20 @@ def main(argv: list[str]) -> int:
                         f"{settings.metrics_addr}:{settings.metrics_port} ({exc.strerror})"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # under MultiWorkerMirroredStrategy: lines per step
-    from vidtrain.runtime import describe_machine, load_tensorflow
+    from vidtrain.runtime import bf16_native, describe_machine, load_tensorflow
 
     tf, gpus = load_tensorflow()
     who = "TF_ENABLE_ONEDNN_OPTS set by the user" if user_onednn else "vidtrain's default"
-    logging.getLogger("vidtrain").info("vidtrain on %s; TensorFlow %s, oneDNN %s (%s)", describe_machine(gpus),
-                                       tf.__version__, "on" if onednn == "1" else "off", who)
+    log = logging.getLogger("vidtrain")
+    log.info("vidtrain on %s; TensorFlow %s, oneDNN %s (%s)", describe_machine(gpus), tf.__version__,
+             "on" if onednn == "1" else "off", who)
+    if settings.mixed_precision == "fp16" and not gpus:
+        server.shutdown()
+        return invalid(["VIDTRAIN_MIXED_PRECISION=fp16: float16 needs a GPU (a CPU emulates it, slower than "
+                        "float32); on this CPU use bf16 (with AVX512-BF16 or AMX) or off"])
+    if settings.mixed_precision == "bf16" and not gpus and not bf16_native():
+        log.warning("VIDTRAIN_MIXED_PRECISION=bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated "
+                    "there and usually slower than float32")
     from vidtrain.job import run
 
     return run(settings, progress=sys.stderr.isatty(), registry=registry, server=server)

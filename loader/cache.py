@@ -88,13 +88,15 @@ class FrameCache:
             self._fail(exc)
 
     def frames(self, path: str, size: tuple[int, int], decode_all: Callable[[], np.ndarray],
-               template: str | None = None, frame_count: int | None = None) -> np.ndarray | None:
+               template: str | None = None, frame_count: int | None = None,
+               resize: str = "squash") -> np.ndarray | None:
         """All frames of clip `path` at `size`: from the cache, or `decode_all()` stored for next time.
         Returns a read-only array (memory-mapped on a hit), or None when the clip is not to be
         decoded whole: too large to cache, or the cache full (the caller decodes just the frames it
         needs). `frame_count` (from the dataset index) decides that before decoding; without it the
-        clip is decoded first."""
-        key = clip_key(path, size, template)
+        clip is decoded first. `resize` (loader.geometry) is part of the key: "short_side" frames are
+        stored at the size that covers `size` with the clip's aspect."""
+        key = clip_key(path, size, template, resize)
         file = self._file(key)
         if file in self._too_big:
             return None
@@ -233,16 +235,20 @@ def _live_room(entry: os.DirEntry) -> int | None:
     return None if age > STALE_AFTER_S else room
 
 
-def clip_key(path: str | os.PathLike, size: tuple[int, int], template: str | None = None) -> list:
+def clip_key(path: str | os.PathLike, size: tuple[int, int], template: str | None = None,
+             resize: str = "squash") -> list:
     """(path, bytes, mtime_ns, height, width); a frame folder counts its frames' total size and newest
-    mtime, and its frame template (another template reads other frames)."""
+    mtime, and its frame template (another template reads other frames); a resize other than
+    "squash" is named at the end."""
     path = str(path)
+    extra = [resize] if resize != "squash" else []
     if os.path.isdir(path):
         stats = [f.stat() for f in frame_files(path, template)]
         nbytes, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
-        return [os.path.abspath(path), nbytes, mtime, int(size[0]), int(size[1])] + ([template] if template else [])
+        return [os.path.abspath(path), nbytes, mtime, int(size[0]), int(size[1])] + ([template] if template else []) \
+            + extra
     stat = os.stat(path)
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, int(size[0]), int(size[1])]
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, int(size[0]), int(size[1])] + extra
 
 
 def _header(key: list, shape) -> bytes:

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from loader.decode import DecodeError, decode_clip
+from loader.geometry import RESIZE_MODES, covering_size, crop_origin
 from loader.hooks import NullLoaderMetrics
 from loader.index import Item, Skipped
 from loader.prefetch import call_with_timeout
@@ -44,11 +45,15 @@ class VideoSequence(keras.utils.PyDataset):
     `frame_template` names the RGB frames of frame folders (`loader.decode.frame_files`);
     `frame_counts` (path -> frames, from the dataset index) lets the cache decide whether a clip
     fits before decoding it whole.
+    `resize` (loader.geometry): "squash" resizes every frame to `size` whatever its aspect;
+    "short_side" keeps the aspect, covers `size` and cuts a `size` window: at a random place in
+    training (the same for every frame of a clip), centred in test mode.
     `crop` turns on random resized crops (`random_resized_crop`), the same for every frame of
     a clip. `test_mode` (validation, evaluation, prediction) takes deterministic test-time clips
     at the training's time scale (`loader.sampling.test_indices`); `clips_per_video=N` (multi-clip
-    evaluation, test mode only) yields N such clips of each video, consecutively: entry e is clip
-    e % N of video e // N.
+    evaluation) yields N such clips of each video, and `crops=3` (three-crop evaluation,
+    "short_side") three windows of each along the long side; a video's N x crops views are
+    consecutive entries: entry e is view e % V of video e // V, V = views_per_video.
     """
 
     def __init__(self, items: Sequence[Item], batch_size: int, frames: int, size: tuple[int, int] = (112, 112),
@@ -57,12 +62,16 @@ class VideoSequence(keras.utils.PyDataset):
                  shard: tuple[int, int] = (0, 1), metrics=None, cache=None, decode_timeout: float | None = None,
                  clips_per_video: int = 1, crop: bool = False, test_mode: bool = False,
                  frame_template: str | None = None, frame_counts: Mapping[str, int] | None = None,
-                 **pydataset_kwargs):
+                 resize: str = "squash", crops: int = 1, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
         if clips_per_video < 1 or (clips_per_video > 1 and not test_mode):
             raise ValueError(f"clips_per_video must be >= 1 (> 1 only in test mode), got {clips_per_video}")
-        self.clips_per_video, self.test_mode = clips_per_video, test_mode
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if crops not in (1, 3) or (crops == 3 and not (test_mode and resize == "short_side")):
+            raise ValueError(f"crops must be 1, or 3 in test mode with resize='short_side', got {crops}")
+        self.clips_per_video, self.test_mode, self.resize, self.crops = clips_per_video, test_mode, resize, crops
         self.items = list(items)[shard[0] :: shard[1]]
         if not self.items:
             raise ValueError(f"no clips to load (shard {shard[0]} of {shard[1]} of {len(items)} items)")
@@ -78,9 +87,14 @@ class VideoSequence(keras.utils.PyDataset):
         self.set_epoch(0)
 
     @property
+    def views_per_video(self) -> int:
+        """Test views of each video: clips_per_video clips x crops windows."""
+        return self.clips_per_video * self.crops
+
+    @property
     def num_entries(self) -> int:
-        """Clips per epoch: every video's clips_per_video test clips."""
-        return len(self.items) * self.clips_per_video
+        """Clips per epoch: every video's views."""
+        return len(self.items) * self.views_per_video
 
     def __len__(self) -> int:
         return -(-self.num_entries // self.batch_size)
@@ -110,7 +124,7 @@ class VideoSequence(keras.utils.PyDataset):
         x = np.empty((len(clips), self.frames, *self.size, 3), np.uint8)
         y = np.empty(len(clips), np.int32)
         for row, entry in enumerate(clips):
-            x[row], y[row] = self._load(*divmod(int(entry), self.clips_per_video))
+            x[row], y[row] = self._load(*divmod(int(entry), self.views_per_video))
         return x, y
 
     def _load(self, clip: int, view: int = 0) -> tuple[np.ndarray, int]:
@@ -122,12 +136,16 @@ class VideoSequence(keras.utils.PyDataset):
             # its replacement, so the batch is the same whether the failure is new or already known.
             rng = np.random.default_rng([self.seed, self.epoch, clip] + ([view] if view else []))
             try:
-                frames = self._decode(path, self._sampler(rng, view))
+                frames = self._decode(path, self._sampler(rng, view // self.crops))
             except DecodeError as exc:
                 if self.on_bad_video == "fail":
                     raise
                 self._record_failure(exc)
                 continue
+            if self.resize == "short_side":
+                y, x = crop_origin(frames.shape[1:3], self.size, None if self.test_mode else rng, view % self.crops,
+                                   self.crops)
+                frames = frames[:, y:y + self.size[0], x:x + self.size[1]]
             return self._augment(frames, label, rng)
         raise DecodeError(self.items[clip][0], f"it and the {MAX_REPLACEMENTS} clips after it failed to decode")
 
@@ -136,7 +154,7 @@ class VideoSequence(keras.utils.PyDataset):
         if self.cache is not None:
             try:
                 every = self.cache.frames(path, self.size, lambda: self._timed_decode(path, np.arange),
-                                          self.frame_template, self.frame_counts.get(path))
+                                          self.frame_template, self.frame_counts.get(path), self.resize)
             except DecodeError as exc:
                 if exc.kind == "timeout":
                     raise
@@ -146,12 +164,15 @@ class VideoSequence(keras.utils.PyDataset):
         return self._timed_decode(path, sample)
 
     def _timed_decode(self, path: str, sample) -> np.ndarray:
+        """Frames `sample(n)` at the decode size: `size` (squash), or covering it with the frame's aspect."""
+        squash = self.resize == "squash"
         try:
-            return call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size, self.device,
-                                     self.frame_template)
+            frames = call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size if squash else None,
+                                       self.device, self.frame_template)
         except TimeoutError:
             raise DecodeError(path, f"decoding took over {self.decode_timeout:g} s (a hung decoder?)",
                               "timeout") from None
+        return frames if squash else _resize(frames, covering_size(*frames.shape[1:3], self.size))
 
     def _sampler(self, rng: np.random.Generator, view: int):
         if self.test_mode:
@@ -189,6 +210,17 @@ class VideoSequence(keras.utils.PyDataset):
             if s.path in mine and s.path not in self._failed:
                 self._failed[s.path] = s
                 self.metrics.count_skip(s.kind)
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Every frame resized to `size` = (h, w) (bilinear, as decord's scaler)."""
+    from PIL import Image
+
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((size[1], size[0]),
+                                                                             Image.Resampling.BILINEAR))
+                     for f in frames])
 
 
 def random_resized_crop(frames: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),

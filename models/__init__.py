@@ -6,7 +6,16 @@ import importlib
 
 # name -> "module:function"; imported on use so that naming a model costs no TensorFlow import.
 # The job's settings take the allowed names from here.
-REGISTRY = {"conv3d": "models.conv3d:build", "cnn_rnn": "models.cnn_rnn:build"}
+REGISTRY = {"conv3d": "models.conv3d:build", "cnn_rnn": "models.cnn_rnn:build", "r2plus1d": "models.r2plus1d:build",
+            "tsn": "models.video2d:build_tsn", "tsm": "models.video2d:build_tsm"}
+# tsn and tsm's per-frame backbones: name -> (keras.applications constructor, its preprocessing module,
+# whether the model includes that preprocessing itself).
+BACKBONES = {
+    "mobilenet_v3_small": ("MobileNetV3Small", "mobilenet_v3", True),
+    "mobilenet_v3_large": ("MobileNetV3Large", "mobilenet_v3", True),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", "efficientnet_v2", True),
+    "resnet50": ("ResNet50", "resnet50", False),
+}
 
 
 def build_model(name: str, num_classes: int, frames: int, height: int, width: int, **options):

@@ -62,5 +62,5 @@ def build(num_classes: int, frames: int, height: int, width: int, rnn_cell: str 
     x = layers.TimeDistributed(frame_encoder(height, width, 3))(motion)
     x = (layers.GRU if rnn_cell == "gru" else layers.LSTM)(units)(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=f"cnn_{rnn_cell}")

@@ -23,5 +23,5 @@ def build(num_classes: int, frames: int, height: int, width: int, dropout: float
         x = layers.MaxPooling3D(pool)(x)
     x = layers.GlobalAveragePooling3D()(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name="conv3d")

@@ -62,3 +62,22 @@ def test_saved_model_round_trip_in_a_fresh_process(tmp_path, tiny_demo):
     assert probs.shape == (len(items), len(names))
     np.testing.assert_allclose(probs, expected, atol=1e-4)  # predictions.csv has 4 decimals
     assert served["names"] == [r["predicted"] for r in rows]
+
+
+@pytest.mark.parametrize("model", ["r2plus1d", "tsn", "tsm"])
+def test_each_new_model_trains_exports_and_predicts(tmp_path, tiny_demo, model):
+    """Through the job: one epoch, predict mode, and the SavedModel (loaded here) giving predict's
+    probabilities on the clips predict decoded."""
+    import tensorflow as tf
+
+    out = tmp_path / "out"
+    assert job(settings(tiny_demo, out, epochs=1, model=model))[0] == EXIT_OK
+    assert job(settings(tiny_demo, out, mode="predict", predict_input=tiny_demo / "val", model=model))[0] == EXIT_OK
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    names = json.loads((out / "classes.json").read_text())
+    expected = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
+    items, _ = find_videos(tiny_demo / "val")
+    clips, _ = VideoSequence(items, batch_size=len(items), frames=4, size=(32, 32), test_mode=True)[0]
+    served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](clips=tf.constant(clips))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)

@@ -34,7 +34,7 @@ CASES = [  # (settings, variable named in the error, text expected in the messag
     ({"prefetch_batches": "0"}, "VIDTRAIN_PREFETCH_BATCHES", ">= 1"),
     ({"metrics_port": "70000"}, "VIDTRAIN_METRICS_PORT", "<= 65535"),
     ({"metrics_addr": "not-an-ip"}, "VIDTRAIN_METRICS_ADDR", "IPv4 or IPv6"),
-    ({"model": "resnet"}, "VIDTRAIN_MODEL", "'conv3d' or 'cnn_rnn'"),
+    ({"model": "resnet"}, "VIDTRAIN_MODEL", "'conv3d', 'cnn_rnn', 'r2plus1d', 'tsn' or 'tsm'"),
     ({"mode": "serve"}, "VIDTRAIN_MODE", "'train', 'evaluate' or 'predict'"),
     ({"decode_device": "tpu"}, "VIDTRAIN_DECODE_DEVICE", "'cpu' or 'gpu'"),
     ({"on_bad_video": "ignore"}, "VIDTRAIN_ON_BAD_VIDEO", "'skip' or 'fail'"),
@@ -56,6 +56,14 @@ CASES = [  # (settings, variable named in the error, text expected in the messag
     ({"label_smoothing": "1"}, "VIDTRAIN_LABEL_SMOOTHING", "< 1"),
     ({"warmup_epochs": "20", "epochs": "10"}, "VIDTRAIN_WARMUP_EPOCHS", "20 warm-up epochs of 10"),
     ({"index_check": "full"}, "VIDTRAIN_INDEX_CHECK", "'header' or 'decode'"),
+    ({"model": "tsn", "backbone": "vgg16"}, "VIDTRAIN_BACKBONE", "'mobilenet_v3_small'"),
+    ({"backbone_weights": "imagenet"}, "VIDTRAIN_BACKBONE_WEIGHTS", "applies to MODEL=tsn or tsm, not conv3d"),
+    ({"model": "tsm", "backbone_weights": "/nonexistent.h5"}, "VIDTRAIN_BACKBONE_WEIGHTS", "neither imagenet nor a"),
+    ({"model": "tsm", "height": "16"}, "VIDTRAIN_HEIGHT", "need HEIGHT and WIDTH >= 32"),
+    ({"mixed_precision": "fp8"}, "VIDTRAIN_MIXED_PRECISION", "'off', 'bf16' or 'fp16'"),
+    ({"resize": "stretch"}, "VIDTRAIN_RESIZE", "'squash' or 'short_side'"),
+    ({"eval_crops": "3"}, "VIDTRAIN_EVAL_CROPS", "need VIDTRAIN_RESIZE=short_side"),
+    ({"eval_crops": "2", "resize": "short_side"}, "VIDTRAIN_EVAL_CROPS", "1 or 3 crops"),
     ({"rnn_cell": "transformer"}, "VIDTRAIN_RNN_CELL", "'gru' or 'lstm'"),
 ]
 

@@ -40,8 +40,8 @@ log = logging.getLogger("vidtrain")
 STATE = "state.json"
 KEEP = 2
 # Settings that fix which clips a batch number means, or the shape of the model: a resume must match.
-ORDER_FIXING = ("seed", "batch_size", "frames", "height", "width", "model", "rnn_cell", "sampling", "augment_flip",
-                "augment_crop")
+ORDER_FIXING = ("seed", "batch_size", "frames", "height", "width", "model", "rnn_cell", "backbone", "resize",
+                "sampling", "augment_flip", "augment_crop", "mixed_precision")
 # Settings that say who a worker is: they differ between workers and never matter to a resume.
 IDENTITY = ("worker_index", "tf_config")
 DATA_SETTINGS = "VIDTRAIN_DATA_DIR / VIDTRAIN_TRAIN_MANIFEST / VIDTRAIN_VAL_FRACTION"

@@ -3,7 +3,7 @@
 `serving_default` takes uint8 clips [batch, FRAMES, HEIGHT, WIDTH, 3] (scaling is inside the
 model) and returns `probabilities` [batch, classes] (softmax) and `class_names` [batch] (the
 predicted class). `assets/vidtrain.json` holds class_names, frames, height, width, the training's
-sampling mode (evaluate and predict modes take test clips of that mode) and the test clip in words.
+sampling mode and resize (evaluate and predict modes take test clips of those) and both in words.
 Written beside, then swapped in, so a reader never sees half an export.
 """
 
@@ -21,7 +21,7 @@ SAVED_MODEL = "saved_model"
 ASSET = "vidtrain.json"
 
 
-def export_saved_model(model, out: Path, class_names: list[str], sampling: str) -> Path:
+def export_saved_model(model, out: Path, class_names: list[str], sampling: str, resize: str = "squash") -> Path:
     import keras
     import tensorflow as tf
 
@@ -42,7 +42,10 @@ def export_saved_model(model, out: Path, class_names: list[str], sampling: str) 
     archive.write_out(str(staging), verbose=False)
     (staging / "assets").mkdir(exist_ok=True)
     meta = {"class_names": list(class_names), "frames": frames, "height": height, "width": width,
-            "sampling": sampling, "test_clip": describe_test_clip(sampling, frames),
+            "sampling": sampling, "test_clip": describe_test_clip(sampling, frames), "resize": resize,
+            "frame": ("every frame resized to height x width" if resize == "squash" else
+                      "every frame resized, keeping its aspect, to cover height x width, then the centre "
+                      "height x width cut out"),
             "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
     write_atomic(staging / "assets" / ASSET, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     old = out / f".{SAVED_MODEL}.{os.getpid()}.old"

@@ -206,14 +206,16 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
 
     out = settings.output_dir
     final = outcome.last_val
-    if final is None or settings.eval_clips > 1:  # nothing validated in this run (resumed after the last
-        # epoch), or the final evaluation takes several clips per video where each epoch's took one
-        _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips)
+    if final is None or settings.eval_clips > 1 or settings.eval_crops > 1:  # nothing validated in this run
+        # (resumed after the last epoch), or the final evaluation takes several views per video where each
+        # epoch's took one
+        _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips,
+                               eval_crops=settings.eval_crops)
         final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
                                 metrics.loader("val"), predict=lambda x: outcome.model(x, training=False))
     report.write_history(out, outcome.history)
     write_atomic(out / "model.keras", outcome.model.save)
-    export_saved_model(outcome.model, out, splits.class_names, settings.sampling)
+    export_saved_model(outcome.model, out, splits.class_names, settings.sampling, settings.resize)
     report.plot_curves(out, outcome.history)
     wait = metrics.total("vidtrain_data_wait_seconds_sum")
     seconds = max(outcome.seconds, 1e-9)
@@ -270,8 +272,9 @@ def _load_model(settings: Settings):
             log.warning("%s=%s ignored: the model in %s takes %s=%d", env_name(name), getattr(settings, name), path,
                         env_name(name), value)
     meta = read_meta(settings.output_dir) or {}
-    if "sampling" in meta and "sampling" not in settings.model_fields_set:
-        shape["sampling"] = meta["sampling"]
+    for name in ("sampling", "resize"):  # the model's own test clips, unless the user says otherwise
+        if name in meta and name not in settings.model_fields_set:
+            shape[name] = meta[name]
     return model, report.read_json(settings.output_dir / CLASSES_FILE), settings.model_copy(update=shape)
 
 
@@ -282,7 +285,8 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
     splits = _prepare(settings, progress, metrics)
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
-    _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips)
+    _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips,
+                           eval_crops=settings.eval_crops)
     final = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches,
                             metrics.loader("val"))
     report.plot_confusion(settings.output_dir / "evaluation_confusion_matrix.png", final["confusion_matrix"],
@@ -332,7 +336,7 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
         metrics.count_skip(s.kind)
     if good:  # labels carry the input position, so results go back to their rows
         seq = VideoSequence(good, settings.batch_size, settings.frames, (settings.height, settings.width),
-                            sampling=settings.sampling, test_mode=True, on_bad_video="fail",
+                            sampling=settings.sampling, test_mode=True, resize=settings.resize, on_bad_video="fail",
                             frame_template=settings.frame_template, device=settings.decode_device, metrics=metrics,
                             decode_timeout=settings.decode_timeout_s)
         with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches,

@@ -40,6 +40,8 @@ def optimizer(settings: Settings) -> keras.optimizers.Optimizer:
     optimizer's `weight_decay` decoupled, as AdamW does), global-norm gradient clipping
     (GRAD_CLIP_NORM, 0 = off). The rate is set per step (`learning_rate`)."""
     opt = keras.optimizers.Adam(learning_rate=settings.learning_rate)
+    if settings.mixed_precision == "fp16":  # float16 gradients underflow without a dynamic loss scale
+        opt = keras.optimizers.LossScaleOptimizer(opt)
     apply(opt, settings)
     return opt
 
@@ -47,9 +49,10 @@ def optimizer(settings: Settings) -> keras.optimizers.Optimizer:
 def apply(opt: keras.optimizers.Optimizer, settings: Settings) -> None:
     """Set the settings' weight decay and clipping on `opt` (also on one restored from a checkpoint),
     before its update is traced."""
-    opt.weight_decay = settings.weight_decay or None
-    opt.global_clipnorm = settings.grad_clip_norm or None
-    opt.clipnorm = opt.clipvalue = None
+    inner = getattr(opt, "inner_optimizer", opt)
+    inner.weight_decay = settings.weight_decay or None
+    inner.global_clipnorm = settings.grad_clip_norm or None
+    inner.clipnorm = inner.clipvalue = None
 
 
 def loss_per_clip(num_classes: int, label_smoothing: float):

@@ -34,14 +34,16 @@ def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=No
     # without it (it is reported as skipped) rather than count another clip twice under its name.
     failed = {s.path for s in sequence.skipped}
     kept = np.array([path not in failed for path, _ in sequence.items])
-    return scores(np.concatenate(logits), np.concatenate(labels), sequence.clips_per_video, kept)
+    return scores(np.concatenate(logits), np.concatenate(labels), sequence.views_per_video, kept) | {
+        "clips_per_video": sequence.clips_per_video, "crops": sequence.crops}
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kept: np.ndarray | None = None) -> dict:
-    """Clip- and video-level scores of `logits` [clips, classes] against `labels`, where each
-    video's clips_per_video clips are consecutive: the video's prediction is the mean of its
-    clips' softmax. `accuracy` is the video-level top-1; the confusion matrix (rows: true class)
-    and the per-class table are video-level too. `kept` (one bool per video) leaves videos out."""
+    """Clip- and video-level scores of `logits` [views, classes] against `labels`, where each
+    video's clips_per_video views (clips, or clips x crops) are consecutive: the video's prediction
+    is the mean of its views' softmax. `accuracy` is the video-level top-1; the confusion matrix
+    (rows: true class) and the per-class table are video-level too. `kept` (one bool per video)
+    leaves videos out."""
     if kept is not None:
         entries = np.repeat(kept, clips_per_video)
         logits, labels = logits[entries], labels[entries]
@@ -79,6 +81,7 @@ def final_scores(final: dict, class_names: list[str]) -> dict:
     return {
         "final": {"val_loss": final["loss"], "val_accuracy": final["accuracy"], "val_clips": final["clips"],
                   "val_videos": final["videos"], "eval_clips": final["clips_per_video"],
+                  "eval_crops": final.get("crops", 1),
                   **{key: final[key] for key in ("clip_accuracy", "video_accuracy", "top5_accuracy", "top_k",
                                                  "mean_class_accuracy")}},
         "per_class": {name: {key: table[key][i] for key in ("precision", "recall", "f1", "support")}

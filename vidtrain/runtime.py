@@ -71,6 +71,11 @@ def describe_machine(gpus: list[str]) -> str:
     return f"{cpu}; GPUs: {', '.join(gpus)}" if gpus else f"{cpu}; no GPU"
 
 
+def bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), as oneDNN then does."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu()[1])
+
+
 def _cpu() -> tuple[str, set[str]]:
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from models import REGISTRY
+from models import BACKBONES, REGISTRY
 
 PREFIX = "VIDTRAIN_"
 MODELS = tuple(REGISTRY)  # the model registry decides which names exist
@@ -71,7 +71,16 @@ class Settings(BaseSettings):
     predict_input: Path | None = Field(None, description="predict mode: a clip, a folder of clips, or a CSV")
     model: Literal[MODELS] = Field("conv3d", description="model architecture")
     rnn_cell: Literal["gru", "lstm"] = Field("gru", description="recurrent cell of cnn_rnn")
-    pretrained_weights: FilePath | None = Field(None, description="local weights file to start from")
+    backbone: Literal[tuple(BACKBONES)] = Field("mobilenet_v3_small", description="tsn and tsm: the per-frame "
+                                               "keras.applications backbone")
+    backbone_weights: str | None = Field(None, description="tsn and tsm: imagenet (Keras's download and cache) or "
+                                         "a local weights file of the backbone (default: none, random weights)")
+    freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="tsn and tsm: train only the head for this "
+                                        "many epochs, then everything")
+    pretrained_weights: FilePath | None = Field(None, description="local weights file of the whole model to start "
+                                                "from")
+    mixed_precision: Literal["off", "bf16", "fp16"] = Field("off", description="compute in bfloat16 (CPUs with "
+                                                            "AVX512-BF16 or AMX, GPUs) or float16 (GPUs only)")
     epochs: int = Field(12, ge=1, le=10000, description="total training epochs (a resumed job counts on)")
     batch_size: int = Field(8, ge=1, le=1024, description="clips per batch")
     frames: int = Field(16, ge=1, le=512, description="frames sampled per clip")
@@ -89,6 +98,11 @@ class Settings(BaseSettings):
     augment_flip: bool = Field(False, description="horizontal flips that swap left/right labels")
     augment_crop: bool = Field(False, description="random resized crop, the same for every frame of a clip")
     eval_clips: int = Field(1, ge=1, le=32, description="final evaluation: clips per video, softmax averaged")
+    resize: Literal["squash", "short_side"] = Field("squash", description="frames to HEIGHT x WIDTH: squashed "
+                                                    "whatever their aspect, or resized keeping it and cropped (at "
+                                                    "random in training, centred in evaluation)")
+    eval_crops: int = Field(1, ge=1, le=3, description="final evaluation: crops per clip, 1 or 3 (along the long "
+                            "side, RESIZE=short_side), softmax averaged")
     # -- loader ----------------------------------------------------------------------
     loader_workers: int = Field(2, ge=1, le=64, description="decode threads")
     prefetch_batches: int = Field(4, ge=1, le=256, description="batches decoded ahead (memory bound)")
@@ -134,6 +148,18 @@ class Settings(BaseSettings):
             problems.append(("frames", f"cnn_rnn reads frame differences: needs FRAMES >= 2, got {self.frames}"))
         if self.worker_index >= self.num_workers and self.tf_config is None:
             problems.append(("worker_index", f"index {self.worker_index} is not below NUM_WORKERS={self.num_workers}"))
+        backbone_set = {"backbone", "backbone_weights", "freeze_backbone_epochs"} & self.model_fields_set
+        if backbone_set and self.model not in ("tsn", "tsm"):
+            problems.append((sorted(backbone_set)[0], f"applies to MODEL=tsn or tsm, not {self.model}"))
+        if self.backbone_weights not in (None, "imagenet") and not os.path.isfile(self.backbone_weights):
+            problems.append(("backbone_weights", f"{self.backbone_weights} is neither imagenet nor a file"))
+        if self.model in ("tsn", "tsm") and min(self.height, self.width) < 32:
+            problems.append(("height", f"tsn and tsm's backbones need HEIGHT and WIDTH >= 32, got "
+                                       f"{self.height}x{self.width}"))
+        if self.eval_crops == 2:
+            problems.append(("eval_crops", "1 or 3 crops (the centre; or the start, centre and end of the long side)"))
+        elif self.eval_crops == 3 and self.resize != "short_side":
+            problems.append(("eval_crops", "three crops along the long side need VIDTRAIN_RESIZE=short_side"))
         if self.warmup_epochs > self.epochs:
             problems.append(("warmup_epochs", f"{self.warmup_epochs:g} warm-up epochs of {self.epochs} in all"))
         if self.mode == "predict" and self.predict_input is None:
@@ -231,10 +257,11 @@ GROUPS = {
     "data": ("data_dir", "train_manifest", "val_manifest", "video_root", "val_fraction", "frame_template",
              "cache_dir", "frame_cache_gb", "demo_clips_per_class", "index_workers", "index_check", "reindex"),
     "job": ("mode", "output_dir", "predict_input", "epochs", "seed", "checkpoint_every_s"),
-    "model and clips": ("model", "rnn_cell", "pretrained_weights", "frames", "height", "width", "sampling",
-                        "eval_clips"),
+    "model and clips": ("model", "rnn_cell", "backbone", "backbone_weights", "pretrained_weights", "frames", "height",
+                        "width", "resize", "sampling", "eval_clips", "eval_crops"),
     "training recipe": ("batch_size", "learning_rate", "lr_schedule", "warmup_epochs", "weight_decay",
-                        "label_smoothing", "grad_clip_norm", "augment_flip", "augment_crop"),
+                        "label_smoothing", "grad_clip_norm", "freeze_backbone_epochs", "augment_flip", "augment_crop",
+                        "mixed_precision"),
     "loader": ("loader_workers", "prefetch_batches", "decode_device", "on_bad_video", "decode_timeout_s"),
     "metrics": ("metrics_port", "metrics_addr", "pushgateway_url"),
     "multi-worker": ("num_workers", "worker_index", "worker_service", "job_name", "worker_port", "tf_config"),

@@ -106,26 +106,42 @@ class Outcome:
 
 
 def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tuple[int, int] = (0, 1),
-              eval_clips: int = 1) -> tuple[VideoSequence, VideoSequence]:
+              eval_clips: int = 1, eval_crops: int = 1) -> tuple[VideoSequence, VideoSequence]:
     """The training sequence (of this worker's shard) and the validation sequence (all of it,
-    `eval_clips` test clips per video at the training's time scale)."""
+    `eval_clips` test clips per video at the training's time scale, `eval_crops` crops of each)."""
     cache = FrameCache(settings.cache_dir / "frames", int(settings.frame_cache_gb * 1e9), metrics) \
         if settings.frame_cache_gb > 0 else None
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
                   on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics, cache=cache,
                   decode_timeout=settings.decode_timeout_s)
-    common |= {"frame_template": settings.frame_template, "frame_counts": splits.frames}
+    common |= {"frame_template": settings.frame_template, "frame_counts": splits.frames, "resize": settings.resize}
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
                           flip_labels=flips, crop=settings.augment_crop, shard=shard, **common)
     val = VideoSequence(splits.val, shuffle=False, sampling=settings.sampling, test_mode=True,
-                        clips_per_video=eval_clips, **common)
+                        clips_per_video=eval_clips, crops=eval_crops, **common)
     return train, val
 
 
+PRECISION = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
+BACKBONE = "backbone"  # tsn and tsm's per-frame network: the layer FREEZE_BACKBONE_EPOCHS freezes
+
+
 def new_model(settings: Settings, num_classes: int) -> keras.Model:
-    model = build_model(settings.model, num_classes, settings.frames, settings.height, settings.width,
-                        rnn_cell=settings.rnn_cell)
+    """The settings' model, compiled with the recipe's optimizer. Under MIXED_PRECISION its layers
+    compute in bfloat16 or float16 (the logits stay float32); the policy is the model's own, saved
+    with it, so nothing global outlives the building."""
+    from models.video2d import BackboneWeightsError
+
+    keras.config.set_dtype_policy(PRECISION[settings.mixed_precision])
+    try:
+        model = build_model(settings.model, num_classes, settings.frames, settings.height, settings.width,
+                            rnn_cell=settings.rnn_cell, backbone_name=settings.backbone,
+                            weights=settings.backbone_weights)
+    except BackboneWeightsError as exc:
+        raise ConfigProblem(f"{env_name('backbone_weights')}={settings.backbone_weights}: {exc}") from None
+    finally:
+        keras.config.set_dtype_policy("float32")
     if settings.pretrained_weights:
         try:
             model.load_weights(settings.pretrained_weights)
@@ -136,7 +152,23 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
                                 f"({str(exc).splitlines()[0][:300]})") from None
     model.compile(optimizer=recipe.optimizer(settings),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)  # every variable, also those a frozen start leaves out
     return model
+
+
+def frozen(settings: Settings, epoch: int) -> bool:
+    """Whether the backbone trains in epoch `epoch` (0-based): not in the first FREEZE_BACKBONE_EPOCHS."""
+    return epoch < settings.freeze_backbone_epochs
+
+
+def set_frozen(model: keras.Model, freeze: bool) -> bool:
+    """Freeze (or unfreeze) the model's backbone, if it has one; True when that changed anything.
+    A frozen backbone's BatchNorm layers run in inference mode (Keras), as fine-tuning wants."""
+    layer = next((layer for layer in model.layers if layer.name == BACKBONE), None)
+    if layer is None or layer.trainable != freeze:
+        return False
+    layer.trainable = not freeze
+    return True
 
 
 def _seed_states(model: keras.Model) -> list:
@@ -161,6 +193,7 @@ class _Ops:
 
     def __init__(self, world: World, model: keras.Model, num_classes: int, label_smoothing: float):
         strategy, optimizer = world.strategy, model.optimizer
+        self.loss_args = (num_classes, label_smoothing)
         loss_fn = recipe.loss_per_clip(num_classes, label_smoothing)
 
         def replica_step(x, y, weight, flags):
@@ -170,7 +203,8 @@ class _Ops:
                 logits = model(x, training=True)
                 per_clip = loss_fn(y, logits) * weight
                 loss = tf.reduce_sum(per_clip) / tf.maximum(clips, 1.0)
-            grads = tape.gradient(loss, model.trainable_variables)
+                scaled = optimizer.scale_loss(loss)  # float16: the loss scale (LossScaleOptimizer); else as is
+            grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
             return tf.concat([tf.stack([tf.reduce_sum(per_clip), tf.reduce_sum(hits * weight), tf.reduce_sum(weight)]),
@@ -220,8 +254,9 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     steps = steps_per_epoch(len(splits.train), settings.batch_size, world.count)
     with world.strategy.scope():
         model = _restore(resume, settings) if resume else new_model(settings, len(splits.class_names))
-    ops = _Ops(world, model, len(splits.class_names), settings.label_smoothing)
     pos = resume or Position()
+    set_frozen(model, frozen(settings, pos.epoch))
+    ops = _Ops(world, model, len(splits.class_names), settings.label_smoothing)
     checkpointer = Checkpointer(settings.output_dir / "checkpoints")
     if resume:  # clips that failed before the stop are replaced as they were
         failed = checkpointer.failures(resume, world.index)
@@ -277,6 +312,10 @@ class _Loop:
 
     def run(self, pos: Position, batches, train_seq, val_seq, progress: bool) -> tuple[Position, bool]:
         while pos.epoch < self.settings.epochs:
+            if set_frozen(self.model, frozen(self.settings, pos.epoch)):  # another set of trainable variables:
+                self.ops = _Ops(self.world, self.model, *self.ops.loss_args)  # trace the step for it
+                log.info("epoch %d: the backbone %s", pos.epoch + 1,
+                         "is frozen" if frozen(self.settings, pos.epoch) else "trains from here on")
             self._epoch_start = (time.perf_counter(), self._train_wait(), self.clips_trained)
             bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy", "val_loss",
                                                                     "val_accuracy"]) if progress else None
@@ -398,8 +437,15 @@ class _Loop:
         self.checkpointer.save_failures(pos, self.world.index, failed)
         if self.world.chief:
             rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
-            self.checkpointer.save(self.model, replace(pos, rng=rng, fingerprint=self.fingerprint,
-                                                       settings=self.settings.redacted()))
+            # Saved with every layer trainable: a model loaded from it builds its optimizer for every
+            # variable, as new_model did, so the optimizer's state loads whole (a frozen backbone's too).
+            was_frozen = set_frozen(self.model, False)
+            try:
+                self.checkpointer.save(self.model, replace(pos, rng=rng, fingerprint=self.fingerprint,
+                                                           settings=self.settings.redacted()))
+            finally:
+                if was_frozen:
+                    set_frozen(self.model, True)
             log.info("checkpoint: %s", f"{pos.epoch} epochs done" if pos.step == 0 else
                      f"epoch {pos.epoch + 1} trained, validation pending" if pos.step == self.steps else
                      f"epoch {pos.epoch + 1}, step {pos.step}/{self.steps}")
