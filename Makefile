@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench tools image image-test clean
+.PHONY: run test lint bench bench-startup bench-learn tools image image-test clean
 
 $(RUNTIME): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ image-test: $(STAMP) tools image
 bench: $(STAMP)
 	$(PY) -m bench.loader_bench
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.train_bench
+
+# Seconds to the first training batch at 10k and 100k clips, first start and restart (about 15 min).
+bench-startup: $(STAMP)
+	$(PY) -m bench.startup_bench
+
+# Models x recipes x 3 seeds on the built-in benchmark set, and multi-clip evaluation (hours on 2 cores).
+bench-learn: $(STAMP)
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.learn_bench
 
 clean:
 	rm -rf $(VENV) .cache output .pytest_cache

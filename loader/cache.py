@@ -83,7 +83,7 @@ class FrameCache:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._usage() as usage:
                 usage[0] = self._recount()
-            self.metrics.set_cache_bytes(usage[0])
+            self.metrics.set_cache_bytes(usage[0], self.max_bytes)
         except OSError as exc:
             self._fail(exc)
 
@@ -147,7 +147,7 @@ class FrameCache:
                 self._fail(exc)
                 return False
             self._full = not fits
-        self.metrics.set_cache_bytes(total)
+        self.metrics.set_cache_bytes(total, self.max_bytes)
         if not fits:
             log.info("frame cache %s is full (%.2f of %.2f GB): clips not cached yet are decoded every epoch, "
                      "their sampled frames only", self.root, total / 1e9, self.max_bytes / 1e9)
@@ -161,7 +161,7 @@ class FrameCache:
                     total = usage[0]
             except OSError:
                 return
-        self.metrics.set_cache_bytes(total)
+        self.metrics.set_cache_bytes(total, self.max_bytes)
 
     def _write(self, file: Path, key: list, frames: np.ndarray, size: int) -> None:
         try:

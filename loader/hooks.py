@@ -15,8 +15,9 @@ class LoaderHooks(Protocol):
     def observe_batch_load(self, seconds: float) -> None:
         """One batch decoded and assembled (worker thread)."""
 
-    def observe_data_wait(self, seconds: float) -> None:
-        """The consumer waited this long for the batch it just received (one call per batch consumed)."""
+    def observe_data_wait(self, seconds: float, clips: int) -> None:
+        """The consumer waited this long for the batch it just received, of `clips` clips (one call per
+        batch consumed)."""
 
     def set_queue_depth(self, depth: int) -> None:
         """Batches built and waiting to be consumed."""
@@ -29,22 +30,22 @@ class CacheHooks(Protocol):
     def count_cache(self, hit: bool) -> None:
         """One clip looked up in the frame cache (worker thread)."""
 
-    def set_cache_bytes(self, total: int) -> None:
-        """Bytes the frame cache holds now."""
+    def set_cache_bytes(self, total: int, bound: int) -> None:
+        """Bytes the frame cache holds now, of at most `bound`."""
 
 
 class NullCacheMetrics:
     """CacheHooks that record nothing."""
 
     def count_cache(self, hit: bool) -> None: ...
-    def set_cache_bytes(self, total: int) -> None: ...
+    def set_cache_bytes(self, total: int, bound: int) -> None: ...
 
 
 class NullLoaderMetrics:
     """LoaderHooks that record nothing."""
 
     def observe_batch_load(self, seconds: float) -> None: ...
-    def observe_data_wait(self, seconds: float) -> None: ...
+    def observe_data_wait(self, seconds: float, clips: int) -> None: ...
     def set_queue_depth(self, depth: int) -> None: ...
     def count_skip(self, reason: str) -> None: ...
 

@@ -134,6 +134,13 @@ def map_bounded(fn: Callable, items: Iterable, workers: int, timeout: float | No
             jobs.put(None)
 
 
+def _clips(batch) -> int:
+    """Clips in a batch: len(y) of an (x, y) batch (VideoSequence's); 1 for anything else."""
+    if isinstance(batch, tuple) and len(batch) == 2 and hasattr(batch[1], "__len__"):
+        return len(batch[1])
+    return 1
+
+
 @dataclass
 class _Failure:
     """A worker's exception, travelling in the batch's place."""
@@ -242,7 +249,7 @@ class PrefetchGenerator:
                 self._error = item.error
             self.close()
             raise item.error
-        self.metrics.observe_data_wait(time.perf_counter() - waited_from)
+        self.metrics.observe_data_wait(time.perf_counter() - waited_from, _clips(item))
         return item
 
     def _take(self):

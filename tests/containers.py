@@ -80,29 +80,38 @@ def unreadable_by_another_user(root: Path) -> list[str]:
 
 
 # -- Kubernetes -------------------------------------------------------------------------------------
-def render(tmp_path: Path, base: str, settings: dict) -> list[dict]:
-    """`kubectl kustomize` of a small CPU overlay on k8s/<base>: the image under test, the given
-    settings merged into the ConfigMap, CPU-only resources (no GPU on this machine)."""
+SMALL_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+
+
+def render(tmp_path: Path, base: str, settings: dict, env: dict | None = None) -> list[dict]:
+    """`kubectl kustomize` of a small overlay on k8s/<base>: the image under test, the given
+    settings merged into the ConfigMap, resources a 2-core machine has; `env` replaces values of
+    the worker container's own env (a JobSet's or Indexed Job's)."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
+    pod_path = {"Job": "/spec/template/spec", "JobSet": "/spec/replicatedJobs/0/template/spec/template/spec"}
+    patches = [{"patch": yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap",
+                                         "metadata": {"name": "vidtrain-config"}, "data": settings})}]
+    for kind, path in pod_path.items():
+        patches.append({"target": {"kind": kind}, "patch": yaml.safe_dump(
+            [{"op": "replace", "path": f"{path}/containers/0/resources", "value": SMALL_RESOURCES}])})
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [os.path.relpath(ROOT / "k8s" / base, overlay)],
-        "images": [{"name": "registry.example.com/vidtrain", "newName": IMAGE.rsplit(":", 1)[0],
-                    "newTag": IMAGE.rsplit(":", 1)[1]}],
-        "patches": [
-            {"patch": yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vidtrain-config"},
-                                      "data": settings})},
-            {"target": {"kind": "Job"},
-             "patch": yaml.safe_dump([{"op": "replace", "path": "/spec/template/spec/containers/0/resources",
-                                       "value": {"requests": {"cpu": "2", "memory": "8Gi"},
-                                                 "limits": {"memory": "8Gi"}}}])},
-        ],
+        "images": [{"name": "vidtrain", "newName": IMAGE.rsplit(":", 1)[0], "newTag": IMAGE.rsplit(":", 1)[1]}],
+        "patches": patches,
     }))
     result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    return list(yaml.safe_load_all(result.stdout))
+    documents = list(yaml.safe_load_all(result.stdout))
+    for doc in documents:  # the env values a test changes (a shorter peer timeout)
+        job = doc if doc["kind"] == "Job" else doc["spec"]["replicatedJobs"][0]["template"] \
+            if doc["kind"] == "JobSet" else None
+        for variable in (job["spec"]["template"]["spec"]["containers"][0].get("env", []) if job else []):
+            if variable["name"] in (env or {}):
+                variable["value"] = env[variable["name"]]
+    return documents
 
 
 def pods_of(job: dict) -> list[dict]:
@@ -135,5 +144,22 @@ def pods_of(job: dict) -> list[dict]:
     return pods
 
 
-def find(documents: list[dict], kind: str) -> list[dict]:
-    return [d for d in documents if d["kind"] == kind]
+def pods_of_jobset(jobset: dict) -> list[dict]:
+    """The pods the JobSet and Job controllers create from `jobset` (one replicated job of one
+    Indexed Job): the child Job is <jobset>-<replicated job>-0; its pods get the Job's labels and
+    annotations (pods_of) plus JobSet's, and the subdomain of the headless service JobSet makes,
+    named like the JobSet."""
+    name = jobset["metadata"]["name"]
+    replicated = jobset["spec"]["replicatedJobs"][0]
+    job = {"metadata": {"name": f"{name}-{replicated['name']}-0"}, "spec": replicated["template"]["spec"]}
+    pods = pods_of(job)
+    for pod in pods:
+        pod["metadata"]["labels"] |= {"jobset.sigs.k8s.io/jobset-name": name,
+                                      "jobset.sigs.k8s.io/replicatedjob-name": replicated["name"],
+                                      "jobset.sigs.k8s.io/job-index": "0"}
+        pod["spec"]["subdomain"] = jobset["spec"].get("network", {}).get("subdomain", name)
+    return pods
+
+
+def find(documents: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [d for d in documents if d["kind"] == kind and name in (None, d["metadata"]["name"])]

@@ -30,7 +30,7 @@ class Counts:
         else:
             self.misses += 1
 
-    def set_cache_bytes(self, total):
+    def set_cache_bytes(self, total, bound):
         self.bytes = total
 
 

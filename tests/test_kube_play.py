@@ -16,6 +16,7 @@ from containers import (
     logs,
     podman,
     pods_of,
+    pods_of_jobset,
     render,
 )
 
@@ -57,7 +58,7 @@ def take_down(tmp_path: Path):
 
 def test_single_worker_job(tmp_path, claims):
     documents = render(tmp_path, ".", {"VIDTRAIN_DECODE_DEVICE": "cpu", **SMALL})
-    (configmap,), (job,) = find(documents, "ConfigMap"), find(documents, "Job")
+    (configmap,), (job,) = find(documents, "ConfigMap", "vidtrain-config"), find(documents, "Job")
     (pod,) = pods_of(job)
     try:
         container = play(tmp_path, configmap, pod)
@@ -65,7 +66,7 @@ def test_single_worker_job(tmp_path, claims):
         assert inspect["Config"]["User"] == "10001:10001"
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True
         mounts = {m["Destination"]: m for m in inspect["Mounts"]}
-        assert set(mounts) == {"/data", "/output", "/cache", "/tmp", "/dev/shm"}
+        assert {"/data", "/output", "/cache", "/tmp"} <= set(mounts)  # and podman's own /dev/shm
         assert not mounts["/data"]["RW"] and mounts["/output"]["RW"]
         assert exit_code(container, timeout=600) == 0, logs(container)
         out = logs(container)
@@ -90,7 +91,8 @@ def test_multiworker_indexed_job(tmp_path, claims, network):
     """Two pods of the Indexed Job, each reachable as <job>-<index>.<service> on the network,
     build TF_CONFIG from what Kubernetes gives them, train together and end with equal weights."""
     documents = render(tmp_path, "multiworker", {"VIDTRAIN_DECODE_DEVICE": "cpu", **SMALL})
-    (configmap,), (job,), (service,) = (find(documents, k) for k in ("ConfigMap", "Job", "Service"))
+    (configmap,), (job,), (service,) = (find(documents, "ConfigMap", "vidtrain-config"), find(documents, "Job"),
+                                        find(documents, "Service"))
     pods = pods_of(job)
     assert len(pods) == 2
     try:
@@ -113,3 +115,81 @@ def test_multiworker_indexed_job(tmp_path, claims, network):
     finally:
         take_down(tmp_path)
 
+
+
+def play_workers(tmp_path, configmap, pods, network) -> list[str]:
+    """Play every worker pod on the network, each answering as <hostname>.<subdomain>; the containers."""
+    containers = []
+    for pod in pods:
+        fqdn = f"{pod['spec']['hostname']}.{pod['spec']['subdomain']}"
+        containers.append(play(tmp_path, configmap, pod, "--network", f"{network}:alias={fqdn}"))
+    return containers
+
+
+def test_multiworker_jobset(tmp_path, claims, network):
+    """The JobSet's two pods, named and labelled as JobSet makes them and reachable through the
+    service it makes, build TF_CONFIG from that, train together and end with equal weights; the
+    worker waits for the chief's final outputs, and both exit 0."""
+    documents = render(tmp_path, "jobset", {"VIDTRAIN_DECODE_DEVICE": "cpu", **SMALL})
+    (configmap,), (jobset,) = find(documents, "ConfigMap", "vidtrain-config"), find(documents, "JobSet")
+    pods = pods_of_jobset(jobset)
+    assert [p["metadata"]["name"] for p in pods] == ["vidtrain-mw-workers-0-0", "vidtrain-mw-workers-0-1"]
+    try:
+        containers = play_workers(tmp_path, configmap, pods, network)
+        codes = [exit_code(c, timeout=600) for c in containers]
+        assert codes == [0, 0], "\n".join(logs(c) for c in containers)
+        peers = ('["vidtrain-mw-workers-0-0.vidtrain-mw:2222", "vidtrain-mw-workers-0-1.vidtrain-mw:2222"]')
+        assert all(peers in logs(c) for c in containers)  # TF_CONFIG as the entrypoint built it
+        workers = [json.loads((claims / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
+        assert workers[0]["trainable_sha256"] == workers[1]["trainable_sha256"]
+        shards = [set(w["clips"]) for w in workers]
+        assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 15
+        assert json.loads((claims / "report.json").read_text())["epochs_completed"] == 2
+        # worker 1 finished after the chief had written its outputs (the final barrier)
+        finished = [json.loads(podman("inspect", c).stdout)[0]["State"]["FinishedAt"] for c in containers]
+        assert (claims / "saved_model").is_dir() and finished[1] >= finished[0][:19]
+    finally:
+        take_down(tmp_path)
+
+
+def wait_for_log(container: str, text: str, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in logs(container):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize("loss", ["SIGKILL", "network cut"])
+def test_a_lost_jobset_worker_ends_the_other_in_bounded_time(tmp_path, claims, network, loss):
+    """Worker 1 is killed (no goodbye) or cut off the network (no connection reset reaches anyone)
+    mid-training: the chief stops within the peer timeout with one line naming worker 1 and exit 1,
+    which the JobSet restarts from; no hang. Cut off, worker 1 leaves the same way."""
+    import time
+
+    documents = render(tmp_path, "jobset", {"VIDTRAIN_DECODE_DEVICE": "cpu", **SMALL, "VIDTRAIN_EPOCHS": "200"},
+                       env={"VIDTRAIN_PEER_TIMEOUT_S": "10"})
+    (configmap,), (jobset,) = find(documents, "ConfigMap", "vidtrain-config"), find(documents, "JobSet")
+    pods = pods_of_jobset(jobset)
+    try:
+        chief, worker = play_workers(tmp_path, configmap, pods, network)
+        assert wait_for_log(chief, "epoch 1/200", timeout=300), logs(chief)
+        if loss == "SIGKILL":
+            podman("kill", "--signal", "KILL", worker)
+        else:  # the pod's network is its infra container's
+            infra = podman("pod", "inspect", pods[1]["metadata"]["name"], "--format", "{{.InfraContainerID}}")
+            podman("network", "disconnect", network, infra.stdout.strip())
+        cut = time.monotonic()
+        assert exit_code(chief, timeout=120) == 1, logs(chief)
+        took = time.monotonic() - cut
+        lost = [line for line in logs(chief).splitlines() if "lost a peer: worker 1 (vidtrain-mw-workers-0-1" in line]
+        assert len(lost) == 1 and "Traceback" not in logs(chief), logs(chief)
+        assert took < 10 + 4 + 30  # the timeout, two polls, the exit (and podman's own latency)
+        if loss == "network cut":
+            assert exit_code(worker, timeout=120) == 1, logs(worker)
+            assert "lost a peer: worker 0 (vidtrain-mw-workers-0-0" in logs(worker)
+    finally:
+        take_down(tmp_path)

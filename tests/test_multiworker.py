@@ -136,3 +136,38 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
     models = [keras.models.load_model(o / "model.keras") for o in (out, tmp_path / "uninterrupted")]
     for a, b in zip(models[0].weights, models[1].weights, strict=True):
         assert np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5), a.path
+
+
+def test_a_killed_worker_ends_the_survivor_in_bounded_time_naming_it(tmp_path):
+    """SIGKILL (no checkpoint, no goodbye): the survivor leaves with exit 1 (retried) within the
+    peer timeout, with one line that names the lost worker and no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    make_demo_dataset(cache / "demo", 5, 2, 0)
+    grpc_port, ports = free_port(), [free_port(), free_port()]
+    procs = []
+    for index in range(2):
+        env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=ports[index], output_dir=out,
+                      cache_dir=cache, epochs=50, frames=8, height=32, width=32, batch_size=2,
+                      demo_clips_per_class=5, peer_timeout_s=5)
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        assert wait_for(lambda: (sample(scrape(ports[0]) or "", "vidtrain_batches_total", split="train")
+                                 or 0) >= 3, timeout=180, interval=0.05), "the workers did not train"
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        output = procs[0].communicate(timeout=60)[0]
+        took = time.monotonic() - killed
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 1, output[-3000:]
+    lost = [line for line in output.splitlines() if "lost a peer: worker 1 (127.0.0.1:" in line]
+    assert len(lost) == 1 and " ERROR " in lost[0] and "Traceback" not in output, output[-3000:]
+    assert took < 5 + 2 * 2 + 5  # the timeout, two polls, the exit

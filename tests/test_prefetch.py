@@ -229,7 +229,7 @@ class Recorder:
     def observe_batch_load(self, s):
         self.loads.append(s)
 
-    def observe_data_wait(self, s):
+    def observe_data_wait(self, s, clips):
         self.waits.append(s)
 
     def set_queue_depth(self, d):

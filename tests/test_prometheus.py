@@ -1,6 +1,9 @@
 """A real Prometheus server scrapes a real running job; promtool lints the exposition."""
 
+import json
+import math
 import subprocess
+from pathlib import Path
 
 import pytest
 from jobs import free_port, prometheus_server, sample, scrape, start_job, tool, wait_for
@@ -20,7 +23,8 @@ def prometheus(tmp_path):
 
 def test_prometheus_scrapes_the_running_job(prometheus, tmp_path):
     job_port, query = prometheus
-    make_demo_dataset(tmp_path / "cache" / "demo", 4, 2, 0)
+    demo = make_demo_dataset(tmp_path / "cache" / "demo", 4, 2, 0)
+    (demo / "train" / "stop" / "junk.mp4").write_bytes(b"not a video")  # a skip for the dashboard to show
     job = start_job(metrics_port=job_port, metrics_addr="127.0.0.1", output_dir=tmp_path / "out",
                     cache_dir=tmp_path / "cache", epochs=30, frames=8, height=32, width=32, batch_size=4,
                     demo_clips_per_class=4)
@@ -42,7 +46,22 @@ def test_prometheus_scrapes_the_running_job(prometheus, tmp_path):
         assert sample(text, "vidtrain_loss", split="val") is not None
         lint = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
         assert lint.returncode == 0 and lint.stdout.strip() == "" and lint.stderr.strip() == "", lint
+
+        # Every query of the Grafana dashboard returns data for this job (from the second epoch on:
+        # the frame cache then has hits), with Grafana's variables as "all" and a 30 s rate window.
+        assert wait_for(lambda: query("vidtrain_epoch >= 2"), timeout=180)
+        for title, expr in dashboard_queries():
+            expr = expr.replace("$__rate_interval", "30s").replace("$namespace", ".*").replace("$pod", ".*")
+            result = wait_for(lambda expr=expr: query(expr), timeout=30)
+            assert result and all(math.isfinite(float(r["value"][1])) for r in result), (title, expr)
     finally:
         job.terminate()
         job.communicate(timeout=60)
     assert job.returncode == 143
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads((Path(__file__).resolve().parent.parent / "k8s" / "monitoring" / "dashboard.json").read_text())
+    queries = [(panel["title"], target["expr"]) for panel in board["panels"] for target in panel["targets"]]
+    assert len(queries) >= 12
+    return queries

@@ -35,10 +35,12 @@ from vidtrain.control import Diverged, Stopped, StopRequest
 from vidtrain.data import IndexMismatch, NoDataError, Splits, assemble, write_index
 from vidtrain.export import export_saved_model, read_meta
 from vidtrain.metrics import JobMetrics, push_outcome, serve
+from vidtrain.peers import PeerLost
 from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
 EXIT_OK, EXIT_OUTPUT, EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED = 0, 1, 2, 3, 4
+EXIT_PEER_LOST = EXIT_OUTPUT  # transient too: a restart of all workers resumes from the checkpoint
 CLASSES_FILE = "classes.json"
 
 
@@ -80,6 +82,9 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
     except OutputError as exc:  # disk full: Kubernetes retries (the exit code is not in podFailurePolicy)
         log.error("%s", exc)
         return EXIT_OUTPUT
+    except PeerLost as exc:  # a worker is gone: all restart and resume (retried, as exit 1 is)
+        log.error("%s", exc)
+        return EXIT_PEER_LOST
     finally:
         server.shutdown()
 
@@ -149,12 +154,13 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
     resume = Checkpointer(checkpoints).latest()
     if resume is not None:
         check_resume(resume, current, settings, checkpoints)
-        if done := _already_done(settings, resume):
-            log.info("%s", done)
-            return EXIT_OK
     if chief:
         write_index(settings, splits)
-    world = world or _make_world(settings, stop)
+    world = world or _make_world(settings, stop)  # the chief joins: the others go on reading its index
+    if resume is not None and (done := _already_done(settings, resume)):
+        log.info("%s", done)
+        world.leave()
+        return EXIT_OK
     stop.immediate = False  # from here a stop request ends the current step and checkpoints
     return _train(settings, splits, metrics, stop, world, resume, current, progress, events)
 
@@ -190,13 +196,18 @@ def _train(settings, splits, metrics, stop, world, resume, current, progress, ev
         write_json_atomic(out / CLASSES_FILE, splits.class_names)
     outcome = train(settings, splits, metrics, stop, world, resume, current, progress, events)
     if outcome.stopped:
+        world.leave()
         log.info("stopped; the next run with VIDTRAIN_OUTPUT_DIR=%s resumes", out)
         return 128 + (stop.signum or signal.SIGTERM)
-    if not world.chief:  # the chief writes model and reports and pushes the outcome; this worker's share: workers/
+    if world.chief:  # the chief writes model and reports and pushes the outcome; the others' share: workers/
+        _finish_training(settings, splits, metrics, outcome)
+        Checkpointer(out / "checkpoints").mark_finished()
+    # The other workers wait for the chief's final outputs: a chief replaced while writing them finds
+    # its peers still there to restart with (Kubernetes recreates failed pods, not finished ones).
+    world.barrier()
+    world.leave()
+    if not world.chief:
         metrics.last_success.set(time.time())
-        return EXIT_OK
-    _finish_training(settings, splits, metrics, outcome)
-    Checkpointer(out / "checkpoints").mark_finished()
     return EXIT_OK
 
 

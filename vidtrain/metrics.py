@@ -3,7 +3,9 @@
 One meaning per metric, whatever the mode or worker count:
 - `vidtrain_data_wait_seconds{split}`: the loop blocked on the loader for one
   batch; observed once per batch consumed, together with
-  `vidtrain_batches_total{split}` (split: train, val, predict);
+  `vidtrain_batches_total{split}` and `vidtrain_clips_total{split}` (the clips in
+  it; split: train, val, predict; the zero-weight padding of an uneven shard
+  is not a batch consumed);
 - `vidtrain_train_step_seconds`: one training step's compute (forward,
   backward, update, results back on the host), never including data wait;
 - `vidtrain_batch_load_seconds`: one batch decoded and assembled by a loader thread.
@@ -42,12 +44,15 @@ class JobMetrics:
         self.skipped = Counter("vidtrain_videos_skipped", "Clips left out, by reason.", ["reason"],
                                registry=registry)
         self.batches = Counter("vidtrain_batches", "Batches consumed, by split.", ["split"], registry=registry)
+        self.clips = Counter("vidtrain_clips", "Clips in the batches consumed, by split.", ["split"], registry=registry)
         self.train_step = Histogram("vidtrain_train_step_seconds", "Compute of one training step, no data wait.",
                                     buckets=LATENCY_BUCKETS, registry=registry)
         self.cache_hits = Counter("vidtrain_frame_cache_hits", "Clips read from the frame cache.", registry=registry)
         self.cache_misses = Counter("vidtrain_frame_cache_misses", "Clips decoded because the frame cache lacked them.",
                                     registry=registry)
         self.cache_bytes = Gauge("vidtrain_frame_cache_bytes", "Bytes in the frame cache.", registry=registry)
+        self.cache_max_bytes = Gauge("vidtrain_frame_cache_max_bytes", "The frame cache's bound in bytes.",
+                                     registry=registry)
         self.index_clips = Gauge("vidtrain_index_clips", "Dataset indexing: clips probed (done) of those to probe "
                                  "(total).", ["state"], registry=registry)
         self.epoch = Gauge("vidtrain_epoch", "Epochs completed.", registry=registry)
@@ -58,6 +63,7 @@ class JobMetrics:
                                   "Unix time the job last finished successfully.", registry=registry)
         for split in SPLITS:  # export zeros from the start, so queries see the series before the first batch
             self.batches.labels(split)
+            self.clips.labels(split)
             self.data_wait.labels(split)
 
     def loader(self, split: str) -> LoaderHooks:
@@ -73,8 +79,9 @@ class JobMetrics:
     def count_cache(self, hit: bool) -> None:
         (self.cache_hits if hit else self.cache_misses).inc()
 
-    def set_cache_bytes(self, total: int) -> None:
+    def set_cache_bytes(self, total: int, bound: int) -> None:
         self.cache_bytes.set(total)
+        self.cache_max_bytes.set(bound)
 
     # -- loader.hooks.IndexHooks (called from the indexing thread) ---------------------------
     def set_index_progress(self, done: int, total: int) -> None:
@@ -95,13 +102,15 @@ class LoaderHooks:
     def __init__(self, metrics: JobMetrics, split: str):
         self._metrics = metrics
         self._wait, self._batches = metrics.data_wait.labels(split), metrics.batches.labels(split)
+        self._clips = metrics.clips.labels(split)
 
     def observe_batch_load(self, seconds: float) -> None:
         self._metrics.batch_load.observe(seconds)
 
-    def observe_data_wait(self, seconds: float) -> None:
+    def observe_data_wait(self, seconds: float, clips: int) -> None:
         self._wait.observe(seconds)
         self._batches.inc()
+        self._clips.inc(clips)
 
     def set_queue_depth(self, depth: int) -> None:
         self._metrics.queue_depth.set(depth)

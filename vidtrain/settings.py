@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     worker_service: str | None = Field(None, description="headless service of the workers (none: 127.0.0.1)")
     job_name: str = Field("vidtrain", description="Kubernetes Job name: pod hostnames are <job>-<index>")
     worker_port: int = Field(2222, ge=1, le=65535, description="gRPC port (locally: port + index)")
+    peer_timeout_s: float = Field(60, ge=1, le=86400, description="a peer worker unreachable this long is lost: "
+                                  "the others stop with exit 1 (retried)")
     tf_config: Json | None = Field(None, description="TF_CONFIG as a training operator sets it; wins if set",
                                    validation_alias=AliasChoices("TF_CONFIG", "VIDTRAIN_TF_CONFIG"))
 
@@ -264,7 +266,8 @@ GROUPS = {
                         "mixed_precision"),
     "loader": ("loader_workers", "prefetch_batches", "decode_device", "on_bad_video", "decode_timeout_s"),
     "metrics": ("metrics_port", "metrics_addr", "pushgateway_url"),
-    "multi-worker": ("num_workers", "worker_index", "worker_service", "job_name", "worker_port", "tf_config"),
+    "multi-worker": ("num_workers", "worker_index", "worker_service", "job_name", "worker_port", "peer_timeout_s",
+                     "tf_config"),
 }
 
 

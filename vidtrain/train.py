@@ -28,6 +28,7 @@ The chief (worker 0) alone validates and writes checkpoints and history.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ from vidtrain.checkpoint import Checkpointer, Position
 from vidtrain.control import Diverged, LoopEvents, StopRequest
 from vidtrain.data import Splits
 from vidtrain.metrics import JobMetrics
+from vidtrain.peers import PeerLost, PeerWatch, peers_of
 from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
@@ -57,15 +59,48 @@ SEED_STATE = "seed_generator_state"  # Keras SeedGenerator variables: not saved 
 
 @dataclass(frozen=True)
 class World:
-    """The strategy and this process's place among the workers."""
+    """The strategy, this process's place among the workers, and its watch over them."""
 
     strategy: tf.distribute.Strategy
     index: int = 0
     count: int = 1
+    watch: PeerWatch | None = None
 
     @property
     def chief(self) -> bool:
         return self.index == 0
+
+    def barrier(self) -> None:
+        """Wait until every worker gets here (one all-reduce); nothing for one worker."""
+        if self.count > 1:
+            with _collectives(self):
+                _barrier(self.strategy)
+
+    def leave(self) -> None:
+        """The end of the collective part: peers may exit from here on."""
+        if self.watch is not None:
+            self.watch.stop()
+
+
+@contextlib.contextmanager
+def _collectives(world: World):
+    """Turn a collective's failure (a peer's connection reset) into PeerLost naming the peer."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.AbortedError, tf.errors.InternalError) as exc:
+        if world.count == 1:
+            raise
+        if world.watch is not None:
+            world.watch.claim_report()  # if the watchdog noticed first, it ends the process with its line
+        lost = world.watch.lost_peer() if world.watch else None
+        raise PeerLost(f"lost a peer: {lost or 'a worker'} (a collective failed: {type(exc).__name__}); stopping "
+                       "with exit 1 so that the workers restart and resume from the last checkpoint") from None
+
+
+@tf.function
+def _barrier(strategy):
+    return strategy.reduce(SUM, strategy.run(lambda: tf.ones(())), axis=None)
 
 
 def make_world(settings: Settings) -> World:
@@ -80,7 +115,9 @@ def make_world(settings: Settings) -> World:
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
     log.info("TF_CONFIG %s", json.dumps(config))
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
-    return World(strategy, config["task"]["index"], len(config["cluster"]["worker"]))
+    # Every worker has joined: from here on a worker that cannot be reached is lost (vidtrain/peers.py).
+    watch = PeerWatch(peers_of(config), settings.peer_timeout_s).start()
+    return World(strategy, config["task"]["index"], len(config["cluster"]["worker"]), watch)
 
 
 def steps_per_epoch(clips: int, batch_size: int, workers: int) -> int:
@@ -272,7 +309,8 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
                            start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
         try:
-            pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
+            with _collectives(world):
+                pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
         finally:
             loop.close()
     skipped = train_seq.skipped + val_seq.skipped

@@ -1,0 +1,58 @@
+"""The peer watchdog on real sockets: a peer that stops answering ends the process once, in time."""
+
+import logging
+import socket
+import threading
+import time
+
+import vidtrain.peers as peers
+from vidtrain.peers import PeerWatch, peers_of
+
+
+def test_a_peer_that_stops_answering_is_reported_once_within_the_timeout(monkeypatch, caplog):
+    monkeypatch.setattr(peers, "PEER_POLL_S", 0.05)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    exits, left = [], threading.Event()
+
+    def exit_(code):
+        exits.append(code)
+        left.set()
+
+    watch = PeerWatch({1: address}, timeout=0.5, exit=exit_)
+    checks, answered = [], threading.Event()
+    reachable = watch.reachable
+
+    def counted(index):
+        checks.append(reachable(index))
+        if checks.count(True) >= 12:  # 0.6 s of answers: longer than the timeout
+            answered.set()
+        return checks[-1]
+
+    watch.reachable = counted
+    watch.start()
+    assert answered.wait(5) and not exits  # answering: nothing happens
+    listener.close()
+    gone = time.monotonic()
+    caplog.set_level(logging.ERROR, logger="vidtrain")
+    assert left.wait(5) and exits == [1]
+    assert 0.4 < time.monotonic() - gone < 2
+    lines = [r.getMessage() for r in caplog.records if "lost a peer" in r.getMessage()]
+    assert len(lines) == 1 and f"worker 1 ({address}) has not answered for" in lines[0]
+    watch.stop()
+
+
+def test_only_the_first_to_notice_reports():
+    watch = PeerWatch({1: "127.0.0.1:9"}, timeout=60, exit=lambda code: None)
+    watch.claim_report()  # the first returns; a second caller would wait for the first to end the process
+    second = threading.Thread(target=watch.claim_report, daemon=True)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()
+
+
+def test_peers_are_the_other_workers_of_tf_config():
+    config = {"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 1}}
+    assert peers_of(config) == {0: "a:1", 2: "c:3"}

@@ -1,0 +1,99 @@
+"""Worker loss, bounded: every worker watches its peers and leaves when one is gone.
+
+A worker blocked in a collective waits for its peers without limit: a peer that was killed on
+another node (no connection reset reaches anyone) or cut off by the network would leave it
+waiting until the Job's deadline, holding its accelerator. So each worker of a multi-worker job
+runs a watchdog thread that connects to every peer's gRPC address (the TensorFlow server that
+answers there runs as long as the peer's process does) every PEER_POLL_S seconds. A peer that
+cannot be reached for `timeout` seconds in a row is lost: the watchdog logs one line naming it
+and ends the process with exit code 1, which the Job's and the JobSet's failure policies retry.
+An error from a collective (TensorFlow notices a connection reset on its own) is reported the
+same way, by `PeerWatch.lost_peer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+
+log = logging.getLogger("vidtrain")
+EXIT_PEER_LOST = 1  # transient: the orchestrator restarts the workers, which resume from the checkpoint
+PEER_POLL_S = 2.0
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because a worker is gone (exit code 1: the orchestrator restarts the workers)."""
+
+
+class PeerWatch:
+    """Watches `peers` ({worker index: "host:port"}) from a daemon thread; `stop()` ends the watch
+    (at the end of training, when peers may exit)."""
+
+    def __init__(self, peers: dict[int, str], timeout: float, exit=os._exit):
+        self.peers, self.timeout, self._exit = peers, timeout, exit
+        self._stop = threading.Event()
+        self._reported = threading.Lock()  # whoever reports the loss first (watchdog or a failed collective)
+        self._last_seen = {index: time.monotonic() for index in peers}
+        self._thread = threading.Thread(target=self._watch, name="vidtrain-peer-watch", daemon=True)
+
+    def start(self) -> PeerWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reachable(self, index: int) -> bool:
+        host, port = self.peers[index].rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(PEER_POLL_S, self.timeout)):
+                return True
+        except OSError:
+            return False
+
+    def lost_peer(self) -> str | None:
+        """The first peer that cannot be reached now, described ("worker 1 (host:port)"), or None."""
+        for index in self.peers:
+            if not self.reachable(index):
+                return f"worker {index} ({self.peers[index]})"
+        return None
+
+    def claim_report(self) -> None:
+        """Returns to the first caller only: one line reports a loss, whoever noticed it first (the
+        watchdog, or the main thread after a failed collective). Any later caller waits here while the
+        first ends the process."""
+        if not self._reported.acquire(blocking=False):
+            threading.Event().wait()
+        self.stop()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(PEER_POLL_S):
+            now = time.monotonic()
+            for index in self.peers:
+                if self.reachable(index):
+                    self._last_seen[index] = now
+                elif now - self._last_seen[index] >= self.timeout and not self._stop.is_set():
+                    self.claim_report()
+                    self.leave(f"worker {index} ({self.peers[index]}) has not answered for "
+                               f"{now - self._last_seen[index]:.0f} s (VIDTRAIN_PEER_TIMEOUT_S={self.timeout:g})")
+                    return
+
+    def leave(self, why: str) -> None:
+        """Log the one line and end the process with EXIT_PEER_LOST (the main thread may be blocked in a
+        collective that will never return: only ending the process frees it)."""
+        log.error("lost a peer: %s; stopping with exit %d so that the workers restart and resume from the last "
+                  "checkpoint", why, EXIT_PEER_LOST)
+        logging.shutdown()
+        sys.stderr.flush()
+        self._exit(EXIT_PEER_LOST)
+
+
+def peers_of(cluster: dict) -> dict[int, str]:
+    """{index: address} of every worker but this one, from a TF_CONFIG-shaped dict."""
+    workers = cluster["cluster"]["worker"]
+    me = cluster["task"]["index"]
+    return {i: address for i, address in enumerate(workers) if i != me}
