@@ -56,3 +56,19 @@ def gradient_frames(t: int = 12, h: int = 48, w: int = 64) -> np.ndarray:
     """Frames whose brightness encodes the frame number: frame k is mostly 10 + 20k."""
     levels = (10 + 20 * np.arange(t)).clip(0, 255).astype(np.uint8)
     return np.broadcast_to(levels[:, None, None, None], (t, h, w, 3)).copy()
+
+
+def lying_clip(path, frames: int = 12):
+    """Write an MP4 whose header (moov, written first) is whole and says `frames` frames, while the
+    last tenth of its data is cut: the cheap probe takes it, decoding its frames fails."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=15)
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+        for frame in gradient_frames(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 9 // 10])
+    return whole

@@ -35,9 +35,11 @@ def test_saved_model_round_trip_in_a_fresh_process(tmp_path, tiny_demo):
     assert job(settings(tiny_demo, out, epochs=1))[0] == EXIT_OK
     saved = out / "saved_model"
     meta = json.loads((saved / "assets" / "vidtrain.json").read_text())
-    assert meta | {"input": None, "test_clip": None} == {
+    assert meta | {"input": None, "test_clip": None, "frame": None} == {
         "class_names": json.loads((out / "classes.json").read_text()), "frames": 4, "height": 32, "width": 32,
-        "sampling": "random", "input": None, "test_clip": None}  # trained with random offsets: tested at centres
+        "sampling": "random", "resize": "squash", "input": None, "test_clip": None, "frame": None}
+    # trained with random offsets: tested at the segments' centres, as the assets say in words
+    assert meta["frame"] == "every frame resized to height x width"
     assert meta["test_clip"] == "4 frames: the centre frame of each of 4 equal segments of the video"
     assert all(p.stat().st_mode & 0o004 for p in saved.rglob("*"))  # readable by other users
 

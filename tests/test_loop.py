@@ -271,8 +271,7 @@ def test_a_model_file_whose_record_a_kill_prevented_is_not_a_failure(data, stopp
 def flaky(data, tmp_path_factory):
     """The tiny set with one training clip whose header is whole and whose frames are cut: it passes
     the index's probe and fails when decoded. Returns (folder, that clip, its good bytes)."""
-    import av
-    from conftest import gradient_frames
+    from conftest import lying_clip
 
     from loader import VideoSequence
 
@@ -282,13 +281,7 @@ def flaky(data, tmp_path_factory):
     order = VideoSequence([(str(p), 0) for p in clips], 4, 2, shuffle=True, seed=0).order(0)
     clip = clips[order[8]]  # in the third batch of the first epoch (seed 0)
     good = clip.read_bytes()
-    with av.open(str(clip), "w", options={"movflags": "faststart"}) as container:  # the header (moov) first
-        stream = container.add_stream("libx264", rate=15)
-        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
-        for frame in gradient_frames(12):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size * 9 // 10])
+    lying_clip(clip)
     return root, clip, good
 
 

@@ -9,8 +9,10 @@ import signal
 log = logging.getLogger("vidtrain")
 
 
-class Stopped(Exception):
-    """Raised by the signal handler while the job is still setting up (`StopRequest.immediate`)."""
+class Stopped(BaseException):
+    """Raised by the signal handler while the job is still setting up (`StopRequest.immediate`).
+    A BaseException, as KeyboardInterrupt is: the signal may land inside code that catches every
+    Exception (logging's emit does, and would swallow the stop)."""
 
 
 class StopRequest:
