@@ -9,8 +9,9 @@ Each configuration trains the real job (a subprocess, `python entrypoint.py`) fo
 reports the final video accuracy (report.json `final.video_accuracy`, one clip per video), its
 mean, spread (min-max) and standard deviation over the seeds, the best epoch's validation
 accuracy, and seconds per epoch (the median epoch from the second on: the first fills the frame
-cache). `--eval-clips 1,3,5` then scores the first configuration's models in evaluate mode with
-that many test clips per video.
+cache). `--eval-clips 1,3,5` then scores one configuration's models (`--evaluate`, default the
+first) in evaluate mode with that many test clips per video, and `--eval-crops 1,3` with that
+many crops of each (RESIZE=short_side models).
 
     python -m bench.learn_bench [--configs default,cosine] [--seeds 0,1,2] [--eval-clips 1,3,5]
 """
@@ -98,15 +99,15 @@ def _epoch_seconds(log: Path) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def evaluate(name: str, seed: int, data: Path, clips: int) -> dict:
+def evaluate(name: str, seed: int, data: Path, clips: int, crops: int = 1) -> dict:
     out = OUT / f"{name}-seed{seed}"
     env = job_env(data_dir=data, output_dir=out, cache_dir=CACHE / "hard-cache", mode="evaluate", eval_clips=clips,
-                  metrics_port=0)
+                  eval_crops=crops, metrics_port=0, **{k: v for k, v in CONFIGS[name].items() if k == "resize"})
     subprocess.run([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     final = json.loads((out / "evaluation.json").read_text())["final"]
-    return {"config": name, "seed": seed, "eval_clips": clips, "video_accuracy": final["video_accuracy"],
-            "clip_accuracy": final["clip_accuracy"]}
+    return {"config": name, "seed": seed, "eval_clips": clips, "eval_crops": crops,
+            "video_accuracy": final["video_accuracy"], "clip_accuracy": final["clip_accuracy"]}
 
 
 def spread(values: list[float]) -> str:
@@ -120,6 +121,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eval-clips", default="1,3,5")
+    ap.add_argument("--eval-crops", default="1")
+    ap.add_argument("--evaluate", help="the configuration whose models are evaluated (default: the first)")
     args = ap.parse_args()
     data = dataset()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -139,13 +142,16 @@ def main() -> None:
               f"{statistics.mean(r['best_val_accuracy'] for r in mine):.3f} | {per_epoch:.1f} | "
               f"{per_epoch / reference:.2f}x |")
     if args.eval_clips:
-        scored = [evaluate(configs[0], seed, data, int(n)) for n in args.eval_clips.split(",") for seed in seeds]
-        print(f"\nMulti-clip evaluation of {configs[0]}'s models:\n\n| EVAL_CLIPS | video accuracy, mean "
-              f"(min-max, sd) | clip accuracy, mean | per seed |\n|---|---|---|---|")
-        for n in args.eval_clips.split(","):
-            accuracies = [s["video_accuracy"] for s in scored if s["eval_clips"] == int(n)]
-            clip_mean = statistics.mean(s["clip_accuracy"] for s in scored if s["eval_clips"] == int(n))
-            print(f"| {n} | {spread(accuracies)} | {clip_mean:.3f} | {', '.join(f'{a:.3f}' for a in accuracies)} |")
+        name = args.evaluate or configs[0]
+        views = [(int(n), int(c)) for c in args.eval_crops.split(",") for n in args.eval_clips.split(",")]
+        scored = [evaluate(name, seed, data, n, c) for n, c in views for seed in seeds]
+        print(f"\nMulti-view evaluation of {name}'s models:\n\n| EVAL_CLIPS | EVAL_CROPS | video accuracy, mean "
+              f"(min-max, sd) | clip accuracy, mean | per seed |\n|---|---|---|---|---|")
+        for n, c in views:
+            mine = [s for s in scored if (s["eval_clips"], s["eval_crops"]) == (n, c)]
+            accuracies = [s["video_accuracy"] for s in mine]
+            print(f"| {n} | {c} | {spread(accuracies)} | {statistics.mean(s['clip_accuracy'] for s in mine):.3f} | "
+                  f"{', '.join(f'{a:.3f}' for a in accuracies)} |")
     (OUT / "results.json").write_text(json.dumps({"runs": runs}, indent=2))
 
 

@@ -5,7 +5,8 @@
 1. Throughput, same clips/frames/size/workers, contenders interleaved in
    every round so machine noise hits all alike; reported as ratios to the
    bare thread pool (the limit: nothing but decode calls in a pool). One
-   contender reads through a FrameCache filled by the warm-up round.
+   contender reads through a FrameCache filled by the warm-up round, one
+   through a FrameCache at its bound (every clip a miss: a full cache's cost).
 2. Overlap: a simulated training step of C seconds against a loader that
    needs L seconds per batch per worker; the share of time spent waiting.
 3. Peak RSS growth of a PrefetchGenerator run against its depth bound.
@@ -75,12 +76,13 @@ def run_tf_data(seq, workers, depth, epochs):
     return sum(consume(b) for _ in range(epochs) for b in ds)
 
 
-def throughput(seq, cached, workers, depth, epochs, rounds):
+def throughput(seq, cached, full, workers, depth, epochs, rounds):
     pool = ThreadPoolExecutor(max_workers=workers)
     contenders = {
         "bare thread pool (limit)": lambda: run_pool(seq, workers, depth, epochs, pool),
         "PrefetchGenerator": lambda: run_prefetch(seq, workers, depth, epochs),
         "PrefetchGenerator, filled FrameCache": lambda: run_prefetch(cached, workers, depth, epochs),
+        "PrefetchGenerator, full FrameCache (holds nothing)": lambda: run_prefetch(full, workers, depth, epochs),
         "Keras PyDataset (threads)": lambda: run_keras(seq, workers, depth, epochs),
         "tf.data map(numpy_function)": lambda: run_tf_data(seq, workers, depth, epochs),
         "serial generator": lambda: run_serial(seq, workers, depth, epochs),
@@ -164,7 +166,7 @@ def main():
 
     root = make_demo_dataset(CACHE / "demo")
     items, _ = find_videos(root / "train")
-    items, _, _ = probe(items, workers=4, progress=False)
+    items, _, counts = probe(items, workers=4, progress=False)
     if args.rss_depth:
         return rss_only(items, args.rss_depth, args.workers)
     seq = VideoSequence(items, args.batch, args.frames, (args.size, args.size), shuffle=True, seed=0)
@@ -174,9 +176,14 @@ def main():
               f"rounds, {os.cpu_count()} CPUs\n")
         frames = CACHE / "bench-frames"
         shutil.rmtree(frames, ignore_errors=True)  # filled afresh by the warm-up round
+        frame_counts = dict(zip((p for p, _ in items), counts))  # as the job has them from its dataset index
         cached = VideoSequence(items, args.batch, args.frames, (args.size, args.size), shuffle=True, seed=0,
-                               cache=FrameCache(frames, 10**10))
-        rates = throughput(seq, cached, args.workers, args.depth, args.epochs, args.rounds)
+                               cache=FrameCache(frames, 10**10), frame_counts=frame_counts)
+        # A cache at its bound before the first clip (a dataset larger than the bound, after it filled up):
+        # every clip is a miss, and must cost no more than decoding without a cache.
+        full = VideoSequence(items, args.batch, args.frames, (args.size, args.size), shuffle=True, seed=0,
+                             cache=FrameCache(CACHE / "bench-full", 0), frame_counts=frame_counts)
+        rates = throughput(seq, cached, full, args.workers, args.depth, args.epochs, args.rounds)
         limit, ours = rates["bare thread pool (limit)"], rates["PrefetchGenerator"]
         print("| contender | clips/s | vs bare pool | PrefetchGenerator vs it |\n|---|---|---|---|")
         for name, rate in rates.items():

@@ -176,6 +176,35 @@ def test_mmaction2_video_and_rawframe_lists(tmp_path, info_logs, caplog):
         read_manifest(tmp_path / "bad.txt", root)
 
 
+def test_a_rawframe_lists_total_frames_are_the_index_frame_counts_without_a_probe(tmp_path, monkeypatch):
+    """MMAction2's own layout: img_ RGB frames beside x_/y_ flow in each folder; its list gives
+    total_frames, which the index takes as they are (no clip is opened)."""
+    import loader.index
+    from loader import list_clips
+
+    root = tmp_path / "rawframes"
+    for name in ("a", "b"):
+        folder = clip(root / name)
+        for k in range(1, 13):  # flow images beside the RGB frames, as MMAction2's extraction writes them
+            (folder / f"{k:05d}.jpg").rename(folder / f"img_{k:05d}.jpg")
+            for flow in ("x_", "y_"):
+                (folder / f"{flow}{k:05d}.jpg").write_bytes((folder / f"img_{k:05d}.jpg").read_bytes())
+    (tmp_path / "list.txt").write_text("a 12 0\nb 12 1\n")
+    listing = list_clips(tmp_path / "list.txt", root)
+    assert listing.frames == {str(root / "a"): 12, str(root / "b"): 12}
+
+    def no_probe(*args):
+        raise AssertionError("a clip was probed")
+
+    monkeypatch.setattr(loader.index, "count_frames", no_probe)
+    usable, skipped, frames = probe(listing.items, known=listing.frames, progress=False)
+    assert frames == [12, 12] and not skipped
+    from loader import VideoSequence
+
+    x, _ = VideoSequence(listing.items, 2, 4, (32, 32), test_mode=True)[0]
+    assert x.shape == (2, 4, 32, 32, 3)  # RGB frames only: 12 of them, not 36
+
+
 def test_an_unknown_format_is_named(tmp_path):
     (tmp_path / "list.txt").write_text("a b c d\n")
     with pytest.raises(ManifestError, match=r"list.txt, line 1: unrecognised annotation format"):
