@@ -50,6 +50,8 @@ CONFIGS = {
                            "weight_decay": 0.05},
     "conv3d_recipe_short_side": {"model": "conv3d", "lr_schedule": "cosine", "warmup_epochs": 1,
                                  "label_smoothing": 0.1, "weight_decay": 0.05, "resize": "short_side"},
+    "conv3d_recipe_lr2e-3": {"model": "conv3d", "lr_schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
+                             "weight_decay": 0.05, "learning_rate": 0.002},
     "conv3d_recipe_bf16": {"model": "conv3d", "lr_schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
                            "weight_decay": 0.05, "mixed_precision": "bf16"},
 }

@@ -223,12 +223,16 @@ def test_a_new_learning_rate_on_resume_is_the_rate_the_resumed_steps_train_with(
         def after_step(self, epoch, step, model, logs):
             rates.append(float(model.optimizer.learning_rate.numpy()))
 
-    assert job(settings(data, out, learning_rate=1e-4), Rates())[0] == 0
-    assert rates == pytest.approx([1e-4] * (STEPS - 2))
+    from vidtrain.recipe import learning_rate
+
+    before, after = settings(data, out), settings(data, out, learning_rate=1e-4)
+    assert job(after, Rates())[0] == 0
+    assert rates == pytest.approx([learning_rate(after, 1, step, STEPS) for step in range(2, STEPS)])  # today's
     assert "VIDTRAIN_LEARNING_RATE changed: 0.001 -> 0.0001" in caplog.text
     history, weights = outputs(out)
-    assert history["learning_rate"] == pytest.approx([1e-3, 1e-4])
-    assert [v for _, v in board_scalars(out / "tensorboard" / "train")["learning_rate"]] == pytest.approx([1e-3, 1e-4])
+    expected = [learning_rate(before, 0, STEPS - 1, STEPS), learning_rate(after, 1, STEPS - 1, STEPS)]
+    assert history["learning_rate"] == pytest.approx(expected) and expected[1] < 1e-4  # the cosine's end
+    assert [v for _, v in board_scalars(out / "tensorboard" / "train")["learning_rate"]] == pytest.approx(expected)
     assert history["loss"][0] == pytest.approx(reference[0]["loss"][0], rel=1e-5)  # epoch 1 as before the stop
     assert not all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(weights, reference[1]))  # then not
 
