@@ -185,6 +185,7 @@ def test_a_lost_jobset_worker_ends_the_other_in_bounded_time(tmp_path, claims, n
         cut = time.monotonic()
         assert exit_code(chief, timeout=120) == 1, logs(chief)
         took = time.monotonic() - cut
+        print(f"{loss}: the chief exited 1 after {took:.1f} s (VIDTRAIN_PEER_TIMEOUT_S=10)")
         lost = [line for line in logs(chief).splitlines() if "lost a peer: worker 1 (vidtrain-mw-workers-0-1" in line]
         assert len(lost) == 1 and "Traceback" not in logs(chief), logs(chief)
         assert took < 10 + 4 + 30  # the timeout, two polls, the exit (and podman's own latency)
