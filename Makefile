@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 test: $(STAMP) tools lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # The CPU image from the unmodified Dockerfile, built with podman (no Docker engine or image
 # registry here: image/build.sh installs podman and makes a local base once per machine).
