@@ -10,6 +10,9 @@ REGISTRY = {"conv3d": "models.conv3d:build", "cnn_rnn": "models.cnn_rnn:build", 
             "tsn": "models.video2d:build_tsn", "tsm": "models.video2d:build_tsm"}
 # tsn and tsm's per-frame backbones: name -> (keras.applications constructor, its preprocessing module,
 # whether the model includes that preprocessing itself).
+BACKBONE_MODELS = ("tsn", "tsm")  # the models built on one of these backbones
+BACKBONE_LAYER = "backbone"  # their backbone's layer name (FREEZE_BACKBONE_EPOCHS freezes it)
+BACKBONE_MIN_SIZE = 32  # keras.applications' smallest input
 BACKBONES = {
     "mobilenet_v3_small": ("MobileNetV3Small", "mobilenet_v3", True),
     "mobilenet_v3_large": ("MobileNetV3Large", "mobilenet_v3", True),

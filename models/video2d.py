@@ -20,7 +20,7 @@ import warnings
 import keras
 from keras import layers, ops
 
-from models import BACKBONES
+from models import BACKBONE_LAYER, BACKBONE_MIN_SIZE, BACKBONES
 
 SHIFT_DIVISOR = 8  # TSM: 1/8 of the channels shifted each way
 
@@ -117,19 +117,17 @@ def _shift_every_residual_block(net: keras.Model, frames: int) -> keras.Model:
     return keras.models.clone_model(net, clone_function=lambda layer: layer, call_function=call)
 
 
-MIN_SIZE = 32  # keras.applications' smallest input
-
-
 def build(num_classes: int, frames: int, height: int, width: int, backbone_name: str = "mobilenet_v3_small",
           weights: str | None = None, shift: bool = False, dropout: float = 0.3, **_) -> keras.Model:
-    if min(height, width) < MIN_SIZE:
-        raise ValueError(f"a 2-D backbone needs frames of at least {MIN_SIZE}x{MIN_SIZE}, got {height}x{width}")
+    if min(height, width) < BACKBONE_MIN_SIZE:
+        raise ValueError(f"a 2-D backbone needs frames of at least {BACKBONE_MIN_SIZE}x{BACKBONE_MIN_SIZE}, "
+                         f"got {height}x{width}")
     inputs = keras.Input((frames, height, width, 3), dtype="uint8", name="clip")
     x = ops.cast(ops.reshape(inputs, (-1, height, width, 3)), "float32")  # every frame, as an image
     net = backbone(backbone_name, height, width, weights)
     if shift:
         net = _shift_every_residual_block(net, frames)
-    net.name = "backbone"  # FREEZE_BACKBONE_EPOCHS freezes this layer
+    net.name = BACKBONE_LAYER
     x = net(x)
     x = ops.reshape(x, (-1, frames, x.shape[-1]))  # back to clips: [B, T, features]
     x = layers.GlobalAveragePooling1D(name="consensus")(x)  # TSN: the average over the clip's frames

@@ -35,12 +35,11 @@ from vidtrain.control import Diverged, Stopped, StopRequest
 from vidtrain.data import IndexMismatch, NoDataError, Splits, assemble, write_index
 from vidtrain.export import export_saved_model, read_meta
 from vidtrain.metrics import JobMetrics, push_outcome, serve
-from vidtrain.peers import PeerLost
+from vidtrain.peers import EXIT_PEER_LOST, PeerLost
 from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
 EXIT_OK, EXIT_OUTPUT, EXIT_CONFIG, EXIT_NO_DATA, EXIT_DIVERGED = 0, 1, 2, 3, 4
-EXIT_PEER_LOST = EXIT_OUTPUT  # transient too: a restart of all workers resumes from the checkpoint
 CLASSES_FILE = "classes.json"
 
 

@@ -30,6 +30,12 @@ EXIT_PEER_LOST = 1  # transient: the orchestrator restarts the workers, which re
 PEER_POLL_S = 2.0
 
 
+def lost_line(why: str) -> str:
+    """The one line that reports a lost peer, whoever noticed it (the watchdog or a failed collective)."""
+    return (f"lost a peer: {why}; stopping with exit {EXIT_PEER_LOST} so that the workers restart and resume "
+            "from the last checkpoint")
+
+
 class PeerLost(RuntimeError):
     """A collective failed because a worker is gone (exit code 1: the orchestrator restarts the workers)."""
 
@@ -115,8 +121,7 @@ class PeerWatch:
     def leave(self, why: str) -> None:
         """Log the one line and end the process with EXIT_PEER_LOST (the main thread may be blocked in a
         collective that will never return: only ending the process frees it)."""
-        log.error("lost a peer: %s; stopping with exit %d so that the workers restart and resume from the last "
-                  "checkpoint", why, EXIT_PEER_LOST)
+        log.error("%s", lost_line(why))
         logging.shutdown()
         sys.stderr.flush()
         self._exit(EXIT_PEER_LOST)

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from models import BACKBONES, REGISTRY
+from models import BACKBONE_MIN_SIZE, BACKBONE_MODELS, BACKBONES, REGISTRY
 
 PREFIX = "VIDTRAIN_"
 MODELS = tuple(REGISTRY)  # the model registry decides which names exist
@@ -153,12 +153,12 @@ class Settings(BaseSettings):
         if self.worker_index >= self.num_workers and self.tf_config is None:
             problems.append(("worker_index", f"index {self.worker_index} is not below NUM_WORKERS={self.num_workers}"))
         backbone_set = {"backbone", "backbone_weights", "freeze_backbone_epochs"} & self.model_fields_set
-        if backbone_set and self.model not in ("tsn", "tsm"):
+        if backbone_set and self.model not in BACKBONE_MODELS:
             problems.append((sorted(backbone_set)[0], f"applies to MODEL=tsn or tsm, not {self.model}"))
         if self.backbone_weights not in (None, "imagenet") and not os.path.isfile(self.backbone_weights):
             problems.append(("backbone_weights", f"{self.backbone_weights} is neither imagenet nor a file"))
-        if self.model in ("tsn", "tsm") and min(self.height, self.width) < 32:
-            problems.append(("height", f"tsn and tsm's backbones need HEIGHT and WIDTH >= 32, got "
+        if self.model in BACKBONE_MODELS and min(self.height, self.width) < BACKBONE_MIN_SIZE:
+            problems.append(("height", f"tsn and tsm's backbones need HEIGHT and WIDTH >= {BACKBONE_MIN_SIZE}, got "
                                        f"{self.height}x{self.width}"))
         if self.eval_crops == 2:
             problems.append(("eval_crops", "1 or 3 crops (the centre; or the start, centre and end of the long side)"))

@@ -42,14 +42,14 @@ import tensorflow as tf
 
 from loader import FrameCache, PrefetchGenerator, VideoSequence, flip_label_map
 from loader.atomic import write_json_atomic
-from models import build_model
+from models import BACKBONE_LAYER, build_model
 from vidtrain import recipe, report
 from vidtrain.board import Board
 from vidtrain.checkpoint import Checkpointer, Position
 from vidtrain.control import Diverged, LoopEvents, StopRequest
 from vidtrain.data import Splits
 from vidtrain.metrics import JobMetrics
-from vidtrain.peers import PeerLost, PeerWatch, peers_of
+from vidtrain.peers import PeerLost, PeerWatch, lost_line, peers_of
 from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
@@ -94,8 +94,7 @@ def _collectives(world: World):
         if world.watch is not None:
             world.watch.claim_report()  # if the watchdog noticed first, it ends the process with its line
         lost = world.watch.lost_peer() if world.watch else None
-        raise PeerLost(f"lost a peer: {lost or 'a worker'} (a collective failed: {type(exc).__name__}); stopping "
-                       "with exit 1 so that the workers restart and resume from the last checkpoint") from None
+        raise PeerLost(lost_line(f"{lost or 'a worker'} (a collective failed: {type(exc).__name__})")) from None
 
 
 @tf.function
@@ -161,7 +160,6 @@ def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tu
 
 
 PRECISION = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
-BACKBONE = "backbone"  # tsn and tsm's per-frame network: the layer FREEZE_BACKBONE_EPOCHS freezes
 
 
 def new_model(settings: Settings, num_classes: int) -> keras.Model:
@@ -201,7 +199,7 @@ def frozen(settings: Settings, epoch: int) -> bool:
 def set_frozen(model: keras.Model, freeze: bool) -> bool:
     """Freeze (or unfreeze) the model's backbone, if it has one; True when that changed anything.
     A frozen backbone's BatchNorm layers run in inference mode (Keras), as fine-tuning wants."""
-    layer = next((layer for layer in model.layers if layer.name == BACKBONE), None)
+    layer = next((layer for layer in model.layers if layer.name == BACKBONE_LAYER), None)
     if layer is None or layer.trainable != freeze:
         return False
     layer.trainable = not freeze
