@@ -100,13 +100,19 @@ def test_a_frozen_backbone_trains_only_the_head_then_everything(tiny_demo, tmp_p
 
 
 @pytest.mark.slow
-def test_bf16_computes_in_bfloat16_with_float32_logits(tiny_demo, tmp_path):
+def test_bf16_computes_in_bfloat16_with_float32_logits(tiny_demo, tmp_path, caplog):
+    """At 4 frames conv3d's third block convolves 2 frames with a kernel of 3: the shape whose bfloat16
+    weight gradient oneDNN gets wrong on an AMD EPYC (Zen 4). The job trains; convolutions compute in
+    bfloat16 except those the machine check (vidtrain.precision) found wrong here, each logged."""
     import keras
 
     assert job(settings(tiny_demo, tmp_path / "out", epochs=1, mixed_precision="bf16"))[0] == 0
     model = keras.models.load_model(tmp_path / "out" / "model.keras")
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv3D)]
-    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    in_float32 = {layer.name for layer in convs if layer.compute_dtype == "float32"}
+    logged = {r.getMessage().split()[2] for r in caplog.records if "computes in float32" in r.getMessage()}
+    assert convs and len(in_float32) < len(convs) and in_float32 == logged
+    assert all(layer.compute_dtype == "bfloat16" for layer in convs if layer.name not in in_float32)
     assert model.get_layer("logits").compute_dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"  # nothing global left behind
 

@@ -177,6 +177,7 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
         raise ConfigProblem(f"{env_name('backbone_weights')}={settings.backbone_weights}: {exc}") from None
     finally:
         keras.config.set_dtype_policy("float32")
+    _keep_precision_correct(model, settings)
     if settings.pretrained_weights:
         try:
             model.load_weights(settings.pretrained_weights)
@@ -189,6 +190,22 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)  # every variable, also those a frozen start leaves out
     return model
+
+
+def _keep_precision_correct(model: keras.Model, settings: Settings) -> None:
+    """Under MIXED_PRECISION=bf16, the convolutions whose bfloat16 gradients are wrong on this machine
+    compute in float32 (vidtrain.precision); exit 2 where bfloat16 convolutions cannot run at all."""
+    if settings.mixed_precision != "bf16":
+        return
+    from vidtrain.precision import Bf16Unavailable, keep_bf16_correct
+    from vidtrain.runtime import describe_machine
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    try:
+        keep_bf16_correct(model, describe_machine(gpus))
+    except Bf16Unavailable as exc:
+        raise ConfigProblem(f"{env_name('mixed_precision')}=bf16: {exc}; use {env_name('mixed_precision')}=off "
+                            "on this machine") from None
 
 
 def frozen(settings: Settings, epoch: int) -> bool:
@@ -213,6 +230,7 @@ def _seed_states(model: keras.Model) -> list:
 def _restore(position: Position, settings: Settings) -> keras.Model:
     log.info("resuming from %s: epoch %d, step %d", position.model_file, position.epoch, position.step)
     model = keras.models.load_model(position.model_file)
+    _keep_precision_correct(model, settings)  # the checkpoint may come from another kind of machine
     recipe.apply(model.optimizer, settings)  # today's weight decay and clipping; the rate is set per step
     states = _seed_states(model)
     if len(states) != len(position.rng):
