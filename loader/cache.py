@@ -49,11 +49,11 @@ from pathlib import Path
 import numpy as np
 
 from loader.atomic import TEMP_PREFIX, write_atomic
-from loader.decode import frame_files
+from loader.decode import DecodeError, frame_files
 from loader.hooks import NullCacheMetrics
 
 log = logging.getLogger("vidtrain")
-MAGIC = b"VIDTRAIN-FRAMES1"
+MAGIC = b"VIDTRAIN-FRAMES2"  # 2: short_side frames resized by the decoder (1: by Pillow after decoding)
 ALIGN = 64
 SUFFIX = ".frames"
 # One clip larger than this share of the bound is never cached (a 3000-frame file at 224x224 is 450 MB).
@@ -104,6 +104,7 @@ class FrameCache:
         self.metrics.count_cache(hit=cached is not None)
         if cached is not None:
             return cached
+        self._discard(file)  # a file of another format or a damaged one: its bytes leave the count
         need = None if frame_count is None else _file_size(key, (frame_count, *size, 3))
         if need is not None and not self._admit(file, need):
             return None
@@ -121,6 +122,21 @@ class FrameCache:
                 return frames
         self._write(file, key, frames, actual)
         return frames
+
+    def give_up(self, path: str, size: tuple[int, int], template: str | None = None, resize: str = "squash") -> None:
+        """Never decode clip `path` whole again in this process (its whole decode took too long)."""
+        try:
+            self._too_big.add(self._file(clip_key(path, size, template, resize)))
+        except DecodeError:
+            pass
+
+    def _discard(self, file: Path) -> None:
+        try:
+            size = file.stat().st_size
+            file.unlink()
+        except OSError:
+            return
+        self._release(size)
 
     def _file(self, key: list) -> Path:
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
@@ -239,8 +255,17 @@ def clip_key(path: str | os.PathLike, size: tuple[int, int], template: str | Non
              resize: str = "squash") -> list:
     """(path, bytes, mtime_ns, height, width); a frame folder counts its frames' total size and newest
     mtime, and its frame template (another template reads other frames); a resize other than
-    "squash" is named at the end."""
-    path = str(path)
+    "squash" is named at the end. A clip that is gone (or cannot be looked at) is a DecodeError, as
+    decoding it would be."""
+    try:
+        return _clip_key(str(path), size, template, resize)
+    except FileNotFoundError:
+        raise DecodeError(path, "file not found", "missing") from None
+    except OSError as exc:
+        raise DecodeError(path, f"cannot be read ({exc.strerror or exc})") from None
+
+
+def _clip_key(path: str, size: tuple[int, int], template: str | None, resize: str) -> list:
     extra = [resize] if resize != "squash" else []
     if os.path.isdir(path):
         stats = [f.stat() for f in frame_files(path, template)]

@@ -17,6 +17,7 @@ import numpy as np
 from natsort import natsorted
 from PIL import Image
 
+from loader.geometry import covering_size
 from loader.paths import template_pattern
 
 # FFmpeg's own messages would repeat, unattributed, what DecodeError reports per clip.
@@ -151,15 +152,22 @@ _QUICK_PROBE = {"probesize": "4096", "analyzeduration": "0"}
 
 
 def _sniff(path: str) -> int:
-    """The frame count the container stores (0 where it stores none), opening it with PyAV first:
-    a file FFmpeg cannot open would make decord print an unattributed "ERROR opening" line from
-    C++ (dmlc's logger, which no setting silences). A container whose streams a short look does
-    not find (MPEG-TS) is looked at again in full before it counts as having no video."""
+    """The frame count the container stores (0 where it stores none); see _stream."""
+    return _stream(path)[0]
+
+
+def _stream(path: str) -> tuple[int, int, int]:
+    """(stored frame count or 0, height, width) of the video stream, from the container's header,
+    opened with PyAV: a file FFmpeg cannot open would make decord print an unattributed "ERROR
+    opening" line from C++ (dmlc's logger, which no setting silences). A container whose streams a
+    short look does not find (MPEG-TS) is looked at again in full before it counts as having no
+    video."""
     try:
         for options in (_QUICK_PROBE, None):
             with av.open(path, options=options) as container:
                 if container.streams.video:
-                    return max(int(container.streams.video[0].frames), 0)
+                    video = container.streams.video[0]
+                    return max(int(video.frames), 0), video.codec_context.height, video.codec_context.width
                 streams = len(container.streams)
     except av.FFmpegError as exc:
         raise DecodeError(path, "not a readable video (invalid data or unknown format)") from exc
@@ -198,20 +206,37 @@ def decode_clip(
     size: tuple[int, int] | None = None,
     device: str = "cpu",
     template: str | None = None,
+    cover: bool = False,
 ) -> np.ndarray:
-    """Frames `sample(num_frames)` of a clip as uint8 [T, H, W, 3], resized to
-    `size`=(h, w) at decode. The clip is opened once: its length comes from the
+    """Frames `sample(num_frames)` of a clip as uint8 [T, H, W, 3], resized at decode: to
+    `size`=(h, w), or with `cover` to the size with the clip's aspect that covers `size`
+    (loader.geometry.covering_size; the size is read from the header first). A frame never
+    exists in memory at the source's resolution outside the decoder, so a whole 4K clip costs
+    what its frames at training size cost. The clip is opened once: its length comes from the
     open reader (a frame folder's listing), so no separate count is needed."""
     path = str(path)
     if os.path.isdir(path):
         files = _frame_files_or_empty(path, template)
+        if cover and size:
+            size = covering_size(*_in_folder(path, _image_size, files[0]), size)
         unique, inverse = _unique(sample(len(files)))
         frames = np.stack([_in_folder(path, _read_image, files[i], size) for i in unique])
     else:
         if not os.path.exists(path):
             raise DecodeError(path, "file not found", "missing")
+        if cover and size:
+            size = covering_size(*_stream(path)[1:], size)
         frames, inverse = _decode_video(path, sample, size, device)
     return frames[inverse]
+
+
+def _image_size(file: Path) -> tuple[int, int]:
+    """(height, width) of an image, from its header."""
+    try:
+        with Image.open(file) as img:
+            return img.height, img.width
+    except (OSError, ValueError) as exc:
+        raise DecodeError(file, f"unreadable image ({exc})") from exc
 
 
 # decord pads each row of some output widths (8, 16, 24, 32, 48, 96, ... px, native or

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 import keras
 import numpy as np
 
 from loader.decode import DecodeError, decode_clip
-from loader.geometry import RESIZE_MODES, covering_size, crop_origin
+from loader.geometry import RESIZE_MODES, crop_origin
 from loader.hooks import NullLoaderMetrics
 from loader.index import Item, Skipped
 from loader.prefetch import call_with_timeout
@@ -24,6 +25,17 @@ from loader.sampling import SAMPLING_MODES, sample_indices, test_indices
 log = logging.getLogger("vidtrain")
 ON_BAD_VIDEO = ("skip", "fail")
 MAX_REPLACEMENTS = 8  # clips tried in place of one that fails at decode time
+REPLACEMENT_STREAM = 1_000_003  # seeds the draw of replacements apart from a clip's sampling and views
+
+
+class ClipsUnavailable(RuntimeError):
+    """A clip and every clip drawn to replace it failed to decode: the storage is failing, not a file
+    (transient: the job exits 1, and the restarted job resumes from its checkpoint)."""
+
+    def __init__(self, path: str, reasons: list[str]):
+        super().__init__(f"{path} and the {len(reasons) - 1} clips drawn at random to replace it all failed to "
+                         f"decode (first: {reasons[0]}; last: {reasons[-1]}): the data looks unreachable")
+        self.path, self.reasons = path, reasons
 
 
 class VideoSequence(keras.utils.PyDataset):
@@ -35,13 +47,19 @@ class VideoSequence(keras.utils.PyDataset):
     augmentation and says which label each label becomes when flipped (see
     `flip_label_map`); None turns it off. `shard=(index, count)` keeps every
     count-th clip, so the shards of all workers are disjoint and cover all.
-    A clip that fails to decode despite the probe is replaced by the next
-    usable clip (deterministically) and listed in `skipped`, or raises
-    DecodeError with `on_bad_video="fail"`. With `cache` (a loader.FrameCache)
-    every frame of a clip is decoded once and later epochs read the sampled
-    ones from it: the batches are byte-identical to uncached ones. A clip
-    whose decode takes longer than `decode_timeout` seconds (a hung decoder)
-    fails with kind "timeout" and is replaced like any other bad clip.
+    A clip that fails to decode despite the probe is replaced by a clip drawn
+    at random from the whole list (seeded by (seed, epoch, clip), so any other
+    class may stand in when a whole class folder fails), left out of the rest
+    of that epoch and tried again in the next (the cause may have passed), and
+    listed in `skipped`; with `on_bad_video="fail"` it raises DecodeError. A
+    clip whose MAX_REPLACEMENTS replacements all fail too raises
+    ClipsUnavailable (the storage, not a file). With `cache` (a loader.FrameCache)
+    every frame of a clip is decoded once, at training size, and later epochs
+    read the sampled ones from it: the batches are byte-identical to uncached
+    ones (a clip the cache cannot decode whole in time, or at all, is decoded
+    frame by frame as without a cache). A clip whose decode takes longer than
+    `decode_timeout` seconds (a hung decoder) fails with kind "timeout" and is
+    replaced like any other bad clip.
     `frame_template` names the RGB frames of frame folders (`loader.decode.frame_files`);
     `frame_counts` (path -> frames, from the dataset index) lets the cache decide whether a clip
     fits before decoding it whole.
@@ -83,7 +101,9 @@ class VideoSequence(keras.utils.PyDataset):
         self.metrics = metrics or NullLoaderMetrics()
         self.cache, self.decode_timeout, self.frame_template = cache, decode_timeout, frame_template
         self.frame_counts = frame_counts or {}
-        self._failed: dict[str, Skipped] = {}  # path -> why; written by worker threads (dict ops are atomic)
+        # Every failure of this run: path -> (the last epoch it failed in, why). Written by worker threads
+        # (dict operations are atomic); this epoch's are left out of it (`_failed`), later epochs try again.
+        self._history: dict[str, tuple[int, Skipped]] = {}
         self.set_epoch(0)
 
     @property
@@ -104,9 +124,11 @@ class VideoSequence(keras.utils.PyDataset):
         return len(self)
 
     def set_epoch(self, epoch: int) -> None:
-        """Jump to `epoch` (e.g. when resuming); not to be called while batches are being built."""
+        """Jump to `epoch` (e.g. when resuming, or before a validation pass); not to be called while
+        batches are being built. The clips that failed in an earlier epoch are tried again."""
         self.epoch = epoch
         self._order = self.order(epoch)
+        self._failed = {path: s for path, (failed_in, s) in self._history.items() if failed_in == epoch}
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -128,8 +150,9 @@ class VideoSequence(keras.utils.PyDataset):
         return x, y
 
     def _load(self, clip: int, view: int = 0) -> tuple[np.ndarray, int]:
-        for attempt in range(MAX_REPLACEMENTS + 1):
-            path, label = self.items[(clip + attempt) % len(self.items)]
+        reasons = []
+        for candidate in self.candidates(clip):
+            path, label = self.items[candidate]
             if path in self._failed:
                 continue
             # A fresh generator per attempt: a clip that fails mid-decode consumes no random numbers of
@@ -141,38 +164,49 @@ class VideoSequence(keras.utils.PyDataset):
                 if self.on_bad_video == "fail":
                     raise
                 self._record_failure(exc)
+                reasons.append(f"{exc.path}: {exc.reason}")
                 continue
             if self.resize == "short_side":
                 y, x = crop_origin(frames.shape[1:3], self.size, None if self.test_mode else rng, view % self.crops,
                                    self.crops)
                 frames = frames[:, y:y + self.size[0], x:x + self.size[1]]
             return self._augment(frames, label, rng)
-        raise DecodeError(self.items[clip][0], f"it and the {MAX_REPLACEMENTS} clips after it failed to decode")
+        raise ClipsUnavailable(self.items[clip][0], reasons or ["every candidate failed earlier in this epoch"])
+
+    def candidates(self, clip: int) -> list[int]:
+        """Clip `clip`, then the clips that stand in for it if it fails, in order: MAX_REPLACEMENTS
+        drawn from the whole list, seeded by (seed, epoch, clip)."""
+        n = len(self.items)
+        if n < 2:
+            return [clip]
+        rng = np.random.default_rng([self.seed, self.epoch, clip, REPLACEMENT_STREAM])
+        return [clip] + [int((clip + offset) % n) for offset in rng.integers(1, n, MAX_REPLACEMENTS)]
 
     def _decode(self, path: str, sample) -> np.ndarray:
-        """Frames `sample(num_frames)` of the clip: through the cache when there is one."""
+        """Frames `sample(num_frames)` of the clip: through the cache when there is one. A clip the
+        cache cannot take whole (too large, the cache full, a frame unreadable, or its whole decode
+        over the time limit: a long clip is slow to decode entirely where its sampled frames are
+        quick) is decoded frame by frame, as without a cache."""
         if self.cache is not None:
             try:
                 every = self.cache.frames(path, self.size, lambda: self._timed_decode(path, np.arange),
                                           self.frame_template, self.frame_counts.get(path), self.resize)
             except DecodeError as exc:
                 if exc.kind == "timeout":
-                    raise
-                every = None  # some frame is unreadable: try just the sampled ones, as without a cache
+                    self.cache.give_up(path, self.size, self.frame_template, self.resize)
+                every = None
             if every is not None:
                 return np.asarray(every[sample(len(every))])
         return self._timed_decode(path, sample)
 
     def _timed_decode(self, path: str, sample) -> np.ndarray:
         """Frames `sample(n)` at the decode size: `size` (squash), or covering it with the frame's aspect."""
-        squash = self.resize == "squash"
         try:
-            frames = call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size if squash else None,
-                                       self.device, self.frame_template)
+            return call_with_timeout(decode_clip, self.decode_timeout, path, sample, self.size, self.device,
+                                     self.frame_template, self.resize == "short_side")
         except TimeoutError:
             raise DecodeError(path, f"decoding took over {self.decode_timeout:g} s (a hung decoder?)",
                               "timeout") from None
-        return frames if squash else _resize(frames, covering_size(*frames.shape[1:3], self.size))
 
     def _sampler(self, rng: np.random.Generator, view: int):
         if self.test_mode:
@@ -192,35 +226,45 @@ class VideoSequence(keras.utils.PyDataset):
             # The probe's kinds where the cause is the same (a frame folder the template leaves empty, a
             # file gone); anything else that fails after the probe passed is a decode failure.
             kind = exc.kind if exc.kind in ("empty", "missing", "timeout") else "decode_failed"
-            self._failed[exc.path] = Skipped(exc.path, exc.reason, kind)
+            skipped = Skipped(exc.path, exc.reason, kind)
+            self._failed[exc.path] = skipped
+            self._history[exc.path] = (self.epoch, skipped)
             self.metrics.count_skip(kind)
-            log.warning("skipping %s: %s (failed while decoding; the next clip takes its place)", exc.path,
-                        exc.reason)
+            log.warning("skipping %s: %s (failed while decoding; another clip takes its place, and it is tried "
+                        "again next epoch)", exc.path, exc.reason)
 
     @property
     def skipped(self) -> list[Skipped]:
-        """Clips that failed at decode time and were replaced."""
+        """Every clip that failed at decode time in this run (and was replaced)."""
+        return [s for _, s in self._history.values()]
+
+    @property
+    def failed(self) -> list[Skipped]:
+        """The clips left out of the current epoch (or validation pass) because they failed in it."""
         return list(self._failed.values())
 
-    def restore_skipped(self, skipped: Sequence[Skipped]) -> None:
-        """Take over the decode failures of an earlier run (a resume): those of this sequence's clips
-        are replaced from the start, as they were after they failed. Call before building batches."""
+    def failure_records(self) -> list[dict]:
+        """Every failure of the run with the last epoch it failed in, for a checkpoint."""
+        return [{"epoch": epoch, **asdict(s)} for epoch, s in self._history.values()]
+
+    def restore_failures(self, records: Sequence[dict]) -> None:
+        """Take over an earlier run's `failure_records` (a resume): those of this sequence's clips are
+        reported, and those of the current epoch left out from the start, as they were after they
+        failed. Call before building batches."""
         mine = {path for path, _ in self.items}
-        for s in skipped:
-            if s.path in mine and s.path not in self._failed:
-                self._failed[s.path] = s
-                self.metrics.count_skip(s.kind)
+        for record in records:
+            epoch, skipped = failure_of(record)
+            if skipped.path in mine:
+                self._history[skipped.path] = (epoch, skipped)
+                if epoch == self.epoch and skipped.path not in self._failed:
+                    self._failed[skipped.path] = skipped
+                    self.metrics.count_skip(skipped.kind)
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Every frame resized to `size` = (h, w) (bilinear, as decord's scaler)."""
-    from PIL import Image
-
-    if frames.shape[1:3] == tuple(size):
-        return frames
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((size[1], size[0]),
-                                                                             Image.Resampling.BILINEAR))
-                     for f in frames])
+def failure_of(record: dict) -> tuple[int, Skipped]:
+    """(epoch, loader.Skipped) of one of `failure_records`."""
+    fields = {k: v for k, v in record.items() if k != "epoch"}
+    return int(record.get("epoch", -1)), Skipped(**fields)
 
 
 def random_resized_crop(frames: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),

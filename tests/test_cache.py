@@ -68,12 +68,14 @@ def assert_identical(a, b):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
 
 
-@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("sampling, resize", [(sampling, "squash") for sampling in SAMPLINGS]
+                         + [("random", "short_side")])
 @pytest.mark.parametrize("layout", ["video files", "frame folders"])
-def test_batches_through_the_cache_are_byte_identical(videos, frame_folders, tmp_path, sampling, layout):
+def test_batches_through_the_cache_are_byte_identical(videos, frame_folders, tmp_path, sampling, resize, layout):
     items = videos if layout == "video files" else frame_folders
     counts = Counts()
-    common = dict(batch_size=4, frames=8, size=(48, 40), shuffle=True, seed=3, sampling=sampling, flip_labels={})
+    common = dict(batch_size=4, frames=8, size=(48, 40), shuffle=True, seed=3, sampling=sampling, flip_labels={},
+                  resize=resize)
     plain = epochs(VideoSequence(items, **common))
     cached = epochs(VideoSequence(items, cache=FrameCache(tmp_path, 10**9, counts), **common))
     assert_identical(plain, cached)
@@ -275,3 +277,65 @@ def test_opening_the_cache_removes_what_dead_writers_left_and_counts_live_writes
     FrameCache(tmp_path, 10**9, counts)
     assert sorted(p.name.split("-")[1].split(".")[1] for p in folder.iterdir()) == [str(os.getpid())]
     assert counts.bytes == 7000  # the room the live write took, not the bytes written so far
+
+
+# -- a large source: decoded at the cache's size, within its time, or frame by frame -------------------
+@pytest.fixture(scope="module")
+def full_hd(tmp_path_factory):
+    """One 1920x1080 H.264 clip of 24 frames: 149 MB of frames at its own resolution."""
+    import av
+
+    path = tmp_path_factory.mktemp("hd") / "hd.mp4"
+    frames = np.random.default_rng(0).integers(0, 256, (24, 1080, 1920, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+        stream.height, stream.width, stream.pix_fmt = 1080, 1920, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("resize", ["squash", "short_side"])
+def test_filling_the_cache_never_holds_a_clip_at_its_own_resolution(full_hd, tmp_path, resize):
+    """A whole clip is decoded at the cache's size (the decoder scales each frame as it goes): the
+    fill's peak stays far below the 149 MB the frames take at 1920x1080 (it was 9.7 GB for a 5 s
+    4K clip with RESIZE=short_side)."""
+    import tracemalloc
+
+    seq = VideoSequence([(full_hd, 0)], 1, 8, (64, 64), cache=FrameCache(tmp_path, 10**9), resize=resize,
+                        frame_counts={full_hd: 24})
+    tracemalloc.start()
+    try:
+        x, _ = seq[0]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20 and x.shape == (1, 8, 64, 64, 3)
+    assert len(list(tmp_path.rglob(f"*{SUFFIX}"))) == 1  # the whole clip is cached
+    assert np.array_equal(x, VideoSequence([(full_hd, 0)], 1, 8, (64, 64), resize=resize)[0][0])
+
+
+def test_a_whole_clip_slower_than_the_time_limit_falls_back_to_its_sampled_frames(videos, tmp_path, monkeypatch):
+    """The cache's whole-clip decode runs out of time (a long clip): the sampled frames are decoded
+    instead, the batch is what it is without a cache, and the clip is not decoded whole again."""
+    import threading
+
+    import loader.sequence
+
+    decode, release, whole = loader.sequence.decode_clip, threading.Event(), []
+
+    def slow_when_whole(path, sample, *args):
+        if sample is np.arange:  # the cache asks for every frame
+            whole.append(path)
+            release.wait()
+        return decode(path, sample, *args)
+
+    monkeypatch.setattr(loader.sequence, "decode_clip", slow_when_whole)
+    try:
+        seq = VideoSequence(videos[:2], 2, 8, (48, 40), cache=FrameCache(tmp_path, 10**9), decode_timeout=0.5)
+        batches = epochs(seq, 2)
+    finally:
+        release.set()
+    assert_identical(batches, epochs(VideoSequence(videos[:2], 2, 8, (48, 40)), 2))
+    assert sorted(whole) == sorted(p for p, _ in videos[:2]) and seq.skipped == []  # once each, nothing lost

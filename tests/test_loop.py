@@ -290,9 +290,10 @@ def flaky(data, tmp_path_factory):
 
 
 def test_resume_is_exact_when_a_clip_failed_before_the_stop(flaky, tmp_path, monkeypatch):
-    """The clip fails in the batch after the stop's step (the prefetcher built it already) and the
-    file is whole again at the restart: the resumed run replaces it as the uninterrupted one did,
-    with the same random numbers, so history and weights end equal."""
+    """A flaky file server: the clip fails once, in the batch after the stop's step (the prefetcher built
+    it already), and reads again from then on. The resumed run leaves it out of the rest of that epoch
+    and trains on it in the next, as the uninterrupted run does, with the same random numbers: history
+    and weights end equal."""
     import threading
 
     from loader import VideoSequence
@@ -302,35 +303,35 @@ def test_resume_is_exact_when_a_clip_failed_before_the_stop(flaky, tmp_path, mon
     failed = threading.Event()
     record = VideoSequence._record_failure
 
-    def recording(self, exc):
+    def fails_once(self, exc):
         record(self, exc)
+        clip.write_bytes(good)  # the file reads again from now on
         failed.set()
 
-    monkeypatch.setattr(VideoSequence, "_record_failure", recording)
-
-    ref = tmp_path / "ref"
-    assert job(settings(root, ref, sampling="random"))[0] == 0
-    reference = outputs(ref)
+    monkeypatch.setattr(VideoSequence, "_record_failure", fails_once)
 
     def stop_once_it_failed(_):
         assert failed.wait(60)
         sigterm()
 
-    out = tmp_path / "out"
-    assert job(settings(root, out, sampling="random"), Recorder(**{"step 0.1": stop_once_it_failed}))[0] == 143
-    assert (out / "checkpoints" / "failed-e0000-s000002-w0.json").exists()  # stopped before its batch trained
-    clip.write_bytes(good)  # a flaky file server: the clip reads again
+    ref, out = tmp_path / "ref", tmp_path / "out"
     try:
+        assert job(settings(root, ref, sampling="random"))[0] == 0
+        clip.write_bytes(broken)
+        failed.clear()
+        assert job(settings(root, out, sampling="random"), Recorder(**{"step 0.1": stop_once_it_failed}))[0] == 143
+        assert (out / "checkpoints" / "failed-e0000-s000002-w0.json").exists()  # stopped before its batch trained
         assert job(settings(root, out, sampling="random"))[0] == 0
     finally:
         clip.write_bytes(broken)
-    history, weights = outputs(out)
+    reference, (history, weights) = outputs(ref), outputs(out)
     for key in KEYS:
         assert history[key] == pytest.approx(reference[0][key], rel=1e-4, abs=1e-5)
     for a, b in zip(weights, reference[1], strict=True):
         assert np.allclose(a, b, rtol=1e-4, atol=1e-5)
-    report = json.loads((out / "report.json").read_text())
-    assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(clip), "decode_failed")]
+    for folder in (ref, out):
+        report = json.loads((folder / "report.json").read_text())
+        assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(clip), "decode_failed")]
 
 
 def test_a_padding_step_leaves_batchnorm_statistics_alone():

@@ -2,6 +2,7 @@
 
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,15 +106,65 @@ def test_clip_failing_at_decode_time_is_replaced_counted_and_reported(train_item
     (tmp_path / "2.mp4").write_bytes(b"broken after the probe")
     metrics = SkipCounter()
     seq = VideoSequence(local, 6, 4, (32, 40), metrics=metrics)
-    good = VideoSequence(local[3:4], 1, 4, (32, 40))[0]
+    stand_in = seq.candidates(2)[1]
+    good = VideoSequence(local[stand_in:stand_in + 1], 1, 4, (32, 40))[0]
     x, y = seq[0]
-    assert np.array_equal(x[2], good[0][0]) and y[2] == local[3][1]  # clip 3 stands in for clip 2
+    assert np.array_equal(x[2], good[0][0]) and y[2] == local[stand_in][1]  # the first drawn stands in for 2
     assert [s.path for s in seq.skipped] == [local[2][0]] and metrics.skips == ["decode_failed"]
     seq[0]
-    assert metrics.skips == ["decode_failed"]  # counted once per file, not per epoch
+    assert metrics.skips == ["decode_failed"]  # left out of the rest of the epoch: not tried, not counted again
     strict = VideoSequence(local, 6, 4, (32, 40), on_bad_video="fail")
     with pytest.raises(DecodeError, match="2.mp4"):
         strict[0]
+
+
+def test_a_failed_clip_is_tried_again_next_epoch(train_items, tmp_path):
+    """A flaky file server: the clip fails in epoch 0 and reads again later; epoch 1 trains on it."""
+    items, _ = train_items
+    local = []
+    for k, (path, label) in enumerate(items[:4]):
+        shutil.copy(path, tmp_path / f"{k}.mp4")
+        local.append((str(tmp_path / f"{k}.mp4"), label))
+    whole = (tmp_path / "1.mp4").read_bytes()
+    (tmp_path / "1.mp4").write_bytes(b"unreadable for now")
+    metrics = SkipCounter()
+    seq = VideoSequence(local, 4, 4, (32, 40), metrics=metrics)
+    seq[0]
+    assert [s.path for s in seq.failed] == [local[1][0]]
+    (tmp_path / "1.mp4").write_bytes(whole)
+    seq.on_epoch_end()
+    assert seq.failed == [] and [s.path for s in seq.skipped] == [local[1][0]]  # reported, no longer left out
+    x, y = seq[0]
+    reference = VideoSequence(local[1:2], 1, 4, (32, 40))[0]
+    assert np.array_equal(x[1], reference[0][0]) and metrics.skips == ["decode_failed"]
+
+
+def test_a_whole_class_failing_is_replaced_from_the_other_classes(tmp_path, train_items):
+    """Every clip of one class unreadable (a sub-mount that hiccups): the replacements are drawn from the
+    whole list, so the batch fills from the other classes instead of exhausting the class's neighbours."""
+    items, names = train_items
+    local = []
+    for k, (path, label) in enumerate(items):
+        shutil.copy(path, tmp_path / f"{k}.mp4")
+        local.append((str(tmp_path / f"{k}.mp4"), label))
+    for path, label in local:
+        if label == 0:
+            Path(path).write_bytes(b"mount gone")
+    metrics = SkipCounter()
+    seq = VideoSequence(local, len(local), 4, (32, 40), metrics=metrics)
+    _, y = seq[0]
+    assert 0 not in set(y.tolist()) and len(y) == len(local)
+    assert sorted(s.path for s in seq.failed) == sorted(p for p, label in local if label == 0)
+
+
+def test_a_clip_whose_replacements_all_fail_is_the_storage_failing(tmp_path, train_items):
+    from loader.sequence import ClipsUnavailable
+
+    items, _ = train_items
+    local = [(str(tmp_path / f"{k}.mp4"), label) for k, (_, label) in enumerate(items)]  # none exist
+    seq = VideoSequence(local, 2, 4, (32, 40))
+    with pytest.raises(ClipsUnavailable, match="the 8 clips drawn at random to replace it all failed"):
+        seq[0]
 
 
 def test_shards_are_disjoint_and_cover_everything(train_items):

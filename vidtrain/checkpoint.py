@@ -131,21 +131,23 @@ class Checkpointer:
                     failures.unlink(missing_ok=True)
         return position.model_file
 
-    def save_failures(self, position: Position, worker: int, failed) -> None:
-        """The clips that failed to decode on `worker` up to `position` (each worker, at each
-        checkpoint; nothing is written while none failed)."""
+    def save_failures(self, position: Position, worker: int, failed: list[dict]) -> None:
+        """The clips that failed to decode on `worker` up to `position`, each with the last epoch it
+        failed in (loader.VideoSequence.failure_records; each worker, at each checkpoint; nothing is
+        written while none failed)."""
         if failed:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.folder / _failures_name(position.epoch, position.step, worker),
-                              [asdict(s) for s in failed])
+                              failed)
 
-    def failures(self, position: Position, worker: int) -> list:
-        """What `save_failures` wrote for `worker` at `position` (loader.Skipped records)."""
-        from loader import Skipped
-
+    def failures(self, position: Position, worker: int) -> list[dict]:
+        """What `save_failures` wrote for `worker` at `position`."""
         path = self.folder / _failures_name(position.epoch, position.step, worker)
         try:
-            return [Skipped(**s) for s in json.loads(path.read_text())]
+            records = json.loads(path.read_text())
+            if not all(isinstance(r, dict) and {"path", "reason", "kind"} <= set(r) for r in records):
+                raise ValueError("not a list of failure records")
+            return records
         except FileNotFoundError:
             return []
         except (OSError, ValueError, TypeError) as exc:

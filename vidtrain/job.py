@@ -29,6 +29,7 @@ from loader import (
 )
 from loader.atomic import OutputError, write_atomic, write_json_atomic
 from loader.decode import IMAGE_EXTENSIONS
+from loader.sequence import ClipsUnavailable
 from vidtrain import report
 from vidtrain.checkpoint import Checkpointer, CheckpointError, Position, ResumeMismatch, check_resume, fingerprint
 from vidtrain.control import Diverged, Stopped, StopRequest
@@ -84,6 +85,10 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
     except PeerLost as exc:  # a worker is gone: all restart and resume (retried, as exit 1 is)
         log.error("%s", exc)
         return EXIT_PEER_LOST
+    except ClipsUnavailable as exc:  # the storage, not a file: the restarted job resumes from its checkpoint
+        log.error("%s; stopping with exit %d so that the job restarts and resumes from the last checkpoint",
+                  exc, EXIT_OUTPUT)
+        return EXIT_OUTPUT
     finally:
         server.shutdown()
 

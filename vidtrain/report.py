@@ -32,7 +32,7 @@ def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=No
                 return None
     # A clip that failed to decode mid-pass had its slots filled by the next clip's frames: score
     # without it (it is reported as skipped) rather than count another clip twice under its name.
-    failed = {s.path for s in sequence.skipped}
+    failed = {s.path for s in sequence.failed}
     kept = np.array([path not in failed for path, _ in sequence.items])
     return scores(np.concatenate(logits), np.concatenate(labels), sequence.views_per_video, kept) | {
         "clips_per_video": sequence.clips_per_video, "crops": sequence.crops}

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from loader import FrameCache, PrefetchGenerator, VideoSequence, flip_label_map
 from loader.atomic import write_json_atomic
+from loader.sequence import failure_of
 from models import BACKBONE_LAYER, build_model
 from vidtrain import recipe, report
 from vidtrain.board import Board
@@ -311,16 +312,16 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     set_frozen(model, frozen(settings, pos.epoch))
     ops = _Ops(world, model, len(splits.class_names), settings.label_smoothing)
     checkpointer = Checkpointer(settings.output_dir / "checkpoints")
-    if resume:  # clips that failed before the stop are replaced as they were
-        failed = checkpointer.failures(resume, world.index)
-        train_seq.restore_skipped(failed)
-        val_seq.restore_skipped(failed)
     loop = _Loop(settings, metrics, stop, world, model, ops, events, steps, len(splits.train), fingerprint,
                  checkpointer, (train_seq, val_seq))
     began = time.perf_counter()
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
     first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
     train_seq.set_epoch(first_epoch)
+    if resume:  # clips that failed before the stop: reported, and this epoch's replaced as they were
+        failed = checkpointer.failures(resume, world.index)
+        train_seq.restore_failures(failed)
+        val_seq.restore_failures(failed)
     remaining = max((settings.epochs - first_epoch) * len(train_seq) - first_step, 0)
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
                            start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
@@ -336,7 +337,7 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
             # Every worker wrote its failures before validating the last epoch, then met the chief in a
             # collective: the files are complete.
             last = replace(pos, epoch=pos.epoch - 1, step=steps)
-            skipped += [s for w in range(1, world.count) for s in checkpointer.failures(last, w)]
+            skipped += [failure_of(r)[1] for w in range(1, world.count) for r in checkpointer.failures(last, w)]
     resumed = None if resume is None else {"epoch": resume.epoch, "step": resume.step, "clips": resume.clips}
     return Outcome(model, pos.history, stopped, resumed, time.perf_counter() - began, loop.clips_trained,
                    skipped, loop.last_val)
@@ -438,6 +439,7 @@ class _Loop:
 
     def _validate(self, epoch: int, val_seq) -> dict | None:
         """The chief's validation of the epoch; None when a stop request cut it short."""
+        val_seq.set_epoch(epoch)  # a clip that failed in an earlier validation is tried again
         return report.evaluate(self.model, val_seq, self.settings.loader_workers, self.settings.prefetch_batches,
                                self.metrics.loader("val"), predict=self.ops.predict,
                                stop_when=lambda: self.stop.requested,
@@ -487,7 +489,7 @@ class _Loop:
         (random states, fingerprint, settings); every worker writes the clips that failed on it."""
         if self._saved_at == (pos.epoch, pos.step):
             return
-        failed = [s for seq in self.sequences for s in seq.skipped]
+        failed = [record for seq in self.sequences for record in seq.failure_records()]
         self.checkpointer.save_failures(pos, self.world.index, failed)
         if self.world.chief:
             rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
