@@ -50,8 +50,8 @@ class VideoSequence(keras.utils.PyDataset):
     A clip that fails to decode despite the probe is replaced by a clip drawn
     at random from the whole list (seeded by (seed, epoch, clip), so any other
     class may stand in when a whole class folder fails), left out of the rest
-    of that epoch and tried again in the next (the cause may have passed), and
-    listed in `skipped`; with `on_bad_video="fail"` it raises DecodeError. A
+    of that epoch and tried again in the next (the cause may have passed; not
+    a clip whose decode hung), and listed in `skipped`; with `on_bad_video="fail"` it raises DecodeError. A
     clip whose MAX_REPLACEMENTS replacements all fail too raises
     ClipsUnavailable (the storage, not a file). With `cache` (a loader.FrameCache)
     every frame of a clip is decoded once, at training size, and later epochs
@@ -125,10 +125,12 @@ class VideoSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to `epoch` (e.g. when resuming, or before a validation pass); not to be called while
-        batches are being built. The clips that failed in an earlier epoch are tried again."""
+        batches are being built. The clips that failed in an earlier epoch are tried again, but for
+        those whose decode hung (its thread cannot be stopped: each try would leave one more)."""
         self.epoch = epoch
         self._order = self.order(epoch)
-        self._failed = {path: s for path, (failed_in, s) in self._history.items() if failed_in == epoch}
+        self._failed = {path: s for path, (failed_in, s) in self._history.items()
+                        if failed_in == epoch or s.kind == "timeout"}
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -256,7 +258,7 @@ class VideoSequence(keras.utils.PyDataset):
             epoch, skipped = failure_of(record)
             if skipped.path in mine:
                 self._history[skipped.path] = (epoch, skipped)
-                if epoch == self.epoch and skipped.path not in self._failed:
+                if (epoch == self.epoch or skipped.kind == "timeout") and skipped.path not in self._failed:
                     self._failed[skipped.path] = skipped
                     self.metrics.count_skip(skipped.kind)
 

@@ -228,6 +228,8 @@ def test_a_hung_decoder_becomes_a_skipped_clip_and_no_batch_is_lost_or_doubled(d
     stand_in = items[seq.candidates(3)[1]][1]
     assert labels.tolist() == [label for _, label in items[:3]] + [stand_in] + [label for _, label in items[4:]]
     assert skips == ["timeout"] and seq.skipped[0].kind == "timeout" and seq.skipped[0].path == hung
+    seq.on_epoch_end()
+    assert [s.path for s in seq.failed] == [hung]  # not tried again: each try would leave a thread hanging
 
 
 def test_probing_a_hung_clip_times_out_and_a_stop_ends_probing_at_once(data, monkeypatch):
