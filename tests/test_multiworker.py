@@ -171,3 +171,91 @@ def test_a_killed_worker_ends_the_survivor_in_bounded_time_naming_it(tmp_path):
     lost = [line for line in output.splitlines() if "lost a peer: worker 1 (127.0.0.1:" in line]
     assert len(lost) == 1 and " ERROR " in lost[0] and "Traceback" not in output, output[-3000:]
     assert took < 5 + 2 * 2 + 5  # the timeout, two polls, the exit
+
+
+def _workers(tmp_path, envs, argv=None):
+    """Start one entrypoint process per environment (dicts of VIDTRAIN_* settings and extra variables)."""
+    import subprocess
+    import sys
+
+    procs = []
+    for env in envs:
+        procs.append(subprocess.Popen(argv or [sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def test_a_tf_config_with_a_chief_task_has_one_chief_and_disjoint_shards(tmp_path):
+    """The layout TFJob and Vertex AI set ({chief: [a], worker: [b]}): the chief is worker 0 and the
+    worker worker 1; one of them writes the final outputs (both did), and their shards are disjoint."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    make_demo_dataset(cache / "demo", 3, 1, 0)
+    grpc, metrics = [free_port(), free_port()], [free_port(), free_port()]
+    cluster = {"chief": [f"127.0.0.1:{grpc[0]}"], "worker": [f"127.0.0.1:{grpc[1]}"]}
+    envs = []
+    for task, port in (("chief", metrics[0]), ("worker", metrics[1])):
+        env = job_env(metrics_port=port, output_dir=out, cache_dir=cache, epochs=1, frames=4, height=32, width=32,
+                      batch_size=2, demo_clips_per_class=3)
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})
+        envs.append(env)
+    logs = finish(_workers(tmp_path, envs), [0, 0])
+    assert ["done: " in log for log in logs] == [True, False]
+    shards = [set(json.loads((out / "workers" / f"worker-{i}.json").read_text())["clips"]) for i in range(2)]
+    everything = {path for path, _ in find_videos(cache / "demo" / "train")[0]}
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == everything
+
+
+def test_workers_with_different_settings_stop_before_training_naming_it(tmp_path):
+    """Every worker confirms in one collective the same settings, index and resume position."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    make_demo_dataset(cache / "demo", 3, 1, 0)
+    grpc = free_port()
+    envs = []
+    for index, rate in ((0, 0.001), (1, 0.002)):  # a pod spec edited for one worker only
+        env = job_env(num_workers=2, worker_port=grpc, metrics_port=free_port(), output_dir=out, cache_dir=cache,
+                      epochs=1, frames=4, height=32, width=32, demo_clips_per_class=3, learning_rate=rate)
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        envs.append(env)
+    logs = finish(_workers(tmp_path, envs), [2, 2])
+    assert all("the workers run with different settings" in log for log in logs)
+    assert not (out / "checkpoints").exists()
+
+
+def test_an_agreed_stop_ends_with_a_checkpoint_however_long_the_chief_writes_it(tmp_path):
+    """SIGTERM to worker 1: it exits 143 at once while the chief writes the checkpoint on a slow volume
+    (longer than PEER_TIMEOUT_S). The chief's watch has ended with the agreed stop: it exits 143 with
+    the checkpoint written, not 1 for a peer it took for lost."""
+    import signal
+    import sys
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    make_demo_dataset(cache / "demo", 5, 1, 0)  # 25 clips: 7 steps an epoch on each worker at batch 2
+    grpc, metrics = free_port(), [free_port(), free_port()]
+    slow_volume = ("import runpy, sys, time\n"
+                   f"sys.path.insert(0, {str(ROOT)!r})\n"
+                   "import vidtrain.checkpoint as c\n"
+                   "save = c.Checkpointer.save\n"
+                   "def slow(self, *args):\n"
+                   "    time.sleep(8)  # the fault: a volume slower than the peers' timeout\n"
+                   "    return save(self, *args)\n"
+                   "c.Checkpointer.save = slow\n"
+                   f"runpy.run_path({str(ROOT / 'entrypoint.py')!r}, run_name='__main__')\n")
+    envs = []
+    for index in range(2):
+        env = job_env(num_workers=2, worker_port=grpc, metrics_port=metrics[index], output_dir=out, cache_dir=cache,
+                      epochs=3, frames=4, height=32, width=32, batch_size=2, demo_clips_per_class=5,
+                      peer_timeout_s=1)
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        envs.append(env)
+    procs = _workers(tmp_path, envs[:1], [sys.executable, "-c", slow_volume]) + _workers(tmp_path, envs[1:])
+    try:
+        assert wait_for(lambda: (sample(scrape(metrics[1]) or "", "vidtrain_batches_total", split="train")
+                                 or 0) >= 3, timeout=180, interval=0.05), "the workers did not train"
+        procs[1].send_signal(signal.SIGTERM)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    logs = finish(procs, [143, 143], timeout=120)
+    assert "lost a peer" not in logs[0]
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 0

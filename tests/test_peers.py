@@ -6,7 +6,7 @@ import threading
 import time
 
 import vidtrain.peers as peers
-from vidtrain.peers import PeerWatch, peers_of
+from vidtrain.peers import PeerWatch
 
 
 def test_a_peer_that_stops_answering_is_reported_once_within_the_timeout(monkeypatch, caplog):
@@ -108,8 +108,3 @@ def test_only_the_first_to_notice_reports():
     second.start()
     second.join(0.3)
     assert second.is_alive()
-
-
-def test_peers_are_the_other_workers_of_tf_config():
-    config = {"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 1}}
-    assert peers_of(config) == {0: "a:1", 2: "c:3"}

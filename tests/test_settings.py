@@ -4,6 +4,7 @@ The table runs in-process through entrypoint.main (fast, precise); a few cases r
 real process for its exit code and stderr."""
 
 import itertools
+import json
 import os
 
 import pytest
@@ -171,6 +172,38 @@ def test_tf_config_from_a_training_operator_is_used_as_given(monkeypatch, tmp_pa
     settings = load([])
     assert settings.distributed and settings.cluster()["task"] == {"type": "worker", "index": 2}
     assert settings.cluster()["cluster"]["worker"] == ["w0:2222", "w1:2222", "w2:2222"]
+    assert settings.ranks() == (2, ["w0:2222", "w1:2222", "w2:2222"])
+
+
+@pytest.mark.parametrize("task, rank", [("chief", 0), ("worker", None)])
+def test_a_tf_config_with_a_chief_ranks_the_chief_first(monkeypatch, tmp_path, task, rank):
+    """TFJob's and Vertex AI's layout: one chief task and the workers; the chief is rank 0, the workers
+    follow in order (two chiefs were the outcome before: both wrote the final outputs)."""
+    from vidtrain.settings import load
+
+    cluster = {"chief": ["c:2222"], "worker": ["w0:2222", "w1:2222"]}
+    index = 0 if task == "chief" else 1
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task, "index": index}}))
+    monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
+    assert load([]).ranks() == (0 if task == "chief" else 2, ["c:2222", "w0:2222", "w1:2222"])
+
+
+@pytest.mark.parametrize("config, problem", [
+    ({"cluster": {"chief": ["c:1"], "ps": ["p:1"]}, "task": {"type": "chief", "index": 0}}, "type ps are not"),
+    ({"cluster": {"chief": ["c:1", "d:1"]}, "task": {"type": "chief", "index": 0}}, "one chief at most"),
+    ({"cluster": {"worker": ["w:1"]}, "task": {"type": "worker", "index": 3}}, "task 'worker' 3 is not in"),
+    ({"cluster": {"worker": ["w"]}, "task": {"type": "worker", "index": 0}}, "a list of host:port"),
+    (["not", "a", "dict"], "must be {"),
+])
+def test_a_tf_config_that_cannot_work_stops_at_start_naming_it(monkeypatch, tmp_path, config, problem):
+    from vidtrain.settings import ConfigError, load
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as error:
+        load([])
+    lines = error.value.lines
+    assert any(line.startswith("TF_CONFIG or VIDTRAIN_TF_CONFIG: ") and problem in line for line in lines), lines
 
 
 def test_worker_cluster_built_locally_without_a_service(monkeypatch, tmp_path):

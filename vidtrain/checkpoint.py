@@ -59,6 +59,25 @@ def fingerprint(settings: Settings, workers: int, class_names: list[str], train_
             "train_items_sha256": items_digest(train_items)}
 
 
+# Settings that may differ between the workers of one job: who a worker is, and its own resources.
+PER_WORKER = IDENTITY + ("output_dir", "cache_dir", "frame_cache_gb", "loader_workers", "prefetch_batches",
+                         "index_workers", "decode_device", "decode_timeout_s", "reindex", "metrics_port",
+                         "metrics_addr", "pushgateway_url", "peer_timeout_s")
+
+
+def agreed(settings: Settings, train_items, val_items, class_names: list[str], resume: Position | None) -> dict:
+    """What every worker of a job must hold the same, as digests: its settings (but PER_WORKER), the
+    dataset it trains and validates on, and the position it resumes from."""
+    values = {k: v for k, v in settings.redacted().items() if k not in PER_WORKER}
+    return {"settings": _digest(values), "dataset index": _digest([class_names, items_digest(train_items),
+                                                                   items_digest(val_items)]),
+            "resume position": _digest(None if resume is None else [resume.epoch, resume.step])}
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Position:
     """Where training stands (see the module docstring); `finished` once the final outputs are written."""

@@ -31,7 +31,15 @@ from loader.atomic import OutputError, write_atomic, write_json_atomic
 from loader.decode import IMAGE_EXTENSIONS
 from loader.sequence import ClipsUnavailable
 from vidtrain import report
-from vidtrain.checkpoint import Checkpointer, CheckpointError, Position, ResumeMismatch, check_resume, fingerprint
+from vidtrain.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    Position,
+    ResumeMismatch,
+    agreed,
+    check_resume,
+    fingerprint,
+)
 from vidtrain.control import Diverged, Stopped, StopRequest
 from vidtrain.data import IndexMismatch, NoDataError, Splits, assemble, write_index
 from vidtrain.export import export_saved_model, read_meta
@@ -85,6 +93,9 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
     except PeerLost as exc:  # a worker is gone: all restart and resume (retried, as exit 1 is)
         log.error("%s", exc)
         return EXIT_PEER_LOST
+    except WorkersDisagree as exc:
+        log.error("%s", exc)
+        return EXIT_OUTPUT
     except ClipsUnavailable as exc:  # the storage, not a file: the restarted job resumes from its checkpoint
         log.error("%s; stopping with exit %d so that the job restarts and resumes from the last checkpoint",
                   exc, EXIT_OUTPUT)
@@ -147,12 +158,12 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
     """Index (or read the index), check a resume, train. In multi-worker training the chief (worker 0)
     indexes first and joins the others once its index is written, so the others meet it before they
     read the index: every worker trains from the chief's index, with the same shards and steps."""
-    chief = not settings.distributed or settings.cluster()["task"]["index"] == 0
+    chief = not settings.distributed or settings.ranks()[0] == 0
     world = None if chief else _make_world(settings, stop)
     splits = _prepare(settings, progress, metrics, stop, build=chief)
     for s in splits.skipped:
         metrics.count_skip(s.kind)
-    workers = len(settings.cluster()["cluster"]["worker"]) if settings.distributed else 1
+    workers = len(settings.ranks()[1]) if settings.distributed else 1
     current = fingerprint(settings, workers, splits.class_names, splits.train)
     checkpoints = settings.output_dir / "checkpoints"
     resume = Checkpointer(checkpoints).latest()
@@ -161,12 +172,32 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
     if chief:
         write_index(settings, splits)
     world = world or _make_world(settings, stop)  # the chief joins: the others go on reading its index
+    _check_agreement(world, agreed(settings, splits.train, splits.val, splits.class_names, resume))
     if resume is not None and (done := _already_done(settings, resume)):
         log.info("%s", done)
         world.leave()
         return EXIT_OK
     stop.immediate = False  # from here a stop request ends the current step and checkpoints
     return _train(settings, splits, metrics, stop, world, resume, current, progress, events)
+
+
+class WorkersDisagree(RuntimeError):
+    """The workers read different indexes or checkpoints (a stale copy of the output volume): exit 1,
+    so that they restart together and read them again."""
+
+
+def _check_agreement(world, digests: dict) -> None:
+    """Every worker confirms, in one collective, the same settings, dataset index and resume position."""
+    differ = world.disagreements(digests)
+    if not differ:
+        return
+    mine = ", ".join(f"{name} {digests[name][:12]}" for name in differ)
+    if "settings" in differ:
+        raise ConfigProblem(f"the workers run with different settings (this worker's: {mine}): every worker needs "
+                            "the same VIDTRAIN_* values but for its index, ports, caches and loader threads")
+    raise WorkersDisagree(f"the workers disagree on the {' and the '.join(differ)} (this worker's: {mine}); a "
+                          f"worker read a stale copy of the output folder? stopping with exit {EXIT_OUTPUT} so "
+                          "that they restart together and read it again")
 
 
 def _make_world(settings: Settings, stop: StopRequest):

@@ -141,10 +141,3 @@ class _Lookup(threading.Thread):
             self.address = (family, sockaddr)
         except OSError:
             pass
-
-
-def peers_of(cluster: dict) -> dict[int, str]:
-    """{index: address} of every worker but this one, from a TF_CONFIG-shaped dict."""
-    workers = cluster["cluster"]["worker"]
-    me = cluster["task"]["index"]
-    return {i: address for i, address in enumerate(workers) if i != me}

@@ -12,6 +12,7 @@ so a bad setting fails in well under a second.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import textwrap
 from ipaddress import IPv4Address, IPv6Address
@@ -150,6 +151,8 @@ class Settings(BaseSettings):
             problems.append(("data_dir", f"{self.data_dir} has no train/ folder of class folders"))
         if self.model == "cnn_rnn" and self.frames < 2:
             problems.append(("frames", f"cnn_rnn reads frame differences: needs FRAMES >= 2, got {self.frames}"))
+        if self.tf_config is not None and (problem := _tf_config_problem(self.tf_config)):
+            problems.append(("tf_config", problem))
         if self.worker_index >= self.num_workers and self.tf_config is None:
             problems.append(("worker_index", f"index {self.worker_index} is not below NUM_WORKERS={self.num_workers}"))
         backbone_set = {"backbone", "backbone_weights", "freeze_backbone_epochs"} & self.model_fields_set
@@ -182,7 +185,7 @@ class Settings(BaseSettings):
         if problem := _writable(self.output_dir):
             problems.append(("output_dir", problem))
         if problems:
-            raise ValueError("\n".join(f"{env_name(field)}: {text}" for field, text in problems))
+            raise ValueError("\n".join(f"{variable(field)}: {text}" for field, text in problems))
         return self
 
     @property
@@ -200,9 +203,37 @@ class Settings(BaseSettings):
             hosts = [f"127.0.0.1:{self.worker_port + i}" for i in range(self.num_workers)]
         return {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": self.worker_index}}
 
+    def ranks(self) -> tuple[int, list[str]]:
+        """(this worker's rank, every worker's host:port by rank). Rank 0 is the chief, which writes
+        the outputs: TF_CONFIG's `chief` task where it has one (the layout TFJob and Vertex AI set),
+        then its `worker` tasks in order; without TF_CONFIG, worker i is rank i."""
+        config = self.cluster()
+        chief, workers = config["cluster"].get("chief", []), config["cluster"].get("worker", [])
+        task = config["task"]
+        return (0 if task["type"] == "chief" else len(chief) + task["index"]), chief + workers
+
     def redacted(self) -> dict:
         """All settings as JSON-ready values, secrets replaced by '**********'."""
         return {k: ("**********" if isinstance(v, SecretStr) else _plain(v)) for k, v in self}
+
+
+def _tf_config_problem(config) -> str | None:
+    """What makes a TF_CONFIG unusable here, or None: training runs as one chief (at most) and workers,
+    all in the collective; parameter servers and evaluators are not part of it."""
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or \
+            not isinstance(config.get("task"), dict):
+        return "must be {\"cluster\": {...}, \"task\": {\"type\": ..., \"index\": ...}}"
+    cluster, task = config["cluster"], config["task"]
+    if other := sorted(set(cluster) - {"chief", "worker"}):
+        return f"tasks of type {', '.join(other)} are not supported (only chief and worker)"
+    if not all(isinstance(v, list) and all(isinstance(a, str) and ":" in a for a in v) for v in cluster.values()):
+        return "every cluster entry must be a list of host:port addresses"
+    if len(cluster.get("chief", [])) > 1:
+        return f"one chief at most, got {len(cluster['chief'])}"
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        return f"task {kind!r} {index!r} is not in the cluster {json.dumps(cluster)}"
+    return None
 
 
 def _plain(value):

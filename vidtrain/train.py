@@ -50,7 +50,7 @@ from vidtrain.checkpoint import Checkpointer, Position
 from vidtrain.control import Diverged, LoopEvents, StopRequest
 from vidtrain.data import Splits
 from vidtrain.metrics import JobMetrics
-from vidtrain.peers import PeerLost, PeerWatch, lost_line, peers_of
+from vidtrain.peers import PeerLost, PeerWatch, lost_line
 from vidtrain.settings import ConfigProblem, Settings, env_name
 
 log = logging.getLogger("vidtrain")
@@ -82,6 +82,20 @@ class World:
         if self.watch is not None:
             self.watch.stop()
 
+    def disagreements(self, digests: dict[str, str]) -> list[str]:
+        """The names whose digest (hex) is not the same on every worker, in one all-reduce: each
+        digest's bytes and their squares are summed over the workers, and n x sum(b^2) = sum(b)^2
+        holds for every byte only when all n workers hold the same bytes."""
+        if self.count == 1:
+            return []
+        codes = np.concatenate([np.frombuffer(bytes.fromhex(d), np.uint8) for d in digests.values()])
+        codes = codes.astype(np.float32)  # sums of bytes and squares over 256 workers stay exact in float32
+        with _collectives(self):
+            sums = _sum(self.strategy, np.concatenate([codes, codes ** 2])).numpy().astype(np.float64)
+        total, squares = sums[:len(codes)], sums[len(codes):]
+        same = (self.count * squares == total ** 2).reshape(len(digests), -1).all(axis=1)
+        return [name for name, agreed in zip(digests, same) if not agreed]
+
 
 @contextlib.contextmanager
 def _collectives(world: World):
@@ -103,6 +117,11 @@ def _barrier(strategy):
     return strategy.reduce(SUM, strategy.run(lambda: tf.ones(())), axis=None)
 
 
+@tf.function
+def _sum(strategy, values):
+    return strategy.reduce(SUM, strategy.run(tf.identity, args=(values,)), axis=None)
+
+
 def make_world(settings: Settings) -> World:
     """The default strategy for one worker; MultiWorkerMirroredStrategy over settings.cluster() for several."""
     if not settings.distributed:
@@ -116,8 +135,9 @@ def make_world(settings: Settings) -> World:
     log.info("TF_CONFIG %s", json.dumps(config))
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     # Every worker has joined: from here on a worker that cannot be reached is lost (vidtrain/peers.py).
-    watch = PeerWatch(peers_of(config), settings.peer_timeout_s).start()
-    return World(strategy, config["task"]["index"], len(config["cluster"]["worker"]), watch)
+    rank, addresses = settings.ranks()
+    watch = PeerWatch({i: address for i, address in enumerate(addresses) if i != rank}, settings.peer_timeout_s)
+    return World(strategy, rank, len(addresses), watch.start())
 
 
 def steps_per_epoch(clips: int, batch_size: int, workers: int) -> int:
@@ -377,6 +397,8 @@ class _Loop:
             pos, halted = self._train_epoch(pos, batches, train_seq, bar)
             self.ops.sync_statistics()
             if halted:  # agreed by every worker at the same step (also at the epoch's last one)
+                # No collective follows: the others may exit while the chief writes the checkpoint.
+                self.world.leave()
                 if bar is not None:
                     bar.update(pos.step, finalize=True)  # the line ends where the epoch stopped
                 self._save(pos)
@@ -385,6 +407,8 @@ class _Loop:
             val = self._validate(pos.epoch, val_seq) if self.world.chief else None
             stop_any, val_missing = self.ops.agree(np.float32([self.stop.requested,
                                                                self.world.chief and val is None])).numpy()
+            if stop_any:  # agreed, and no collective follows (as above)
+                self.world.leave()
             if not val_missing:
                 pos = self._complete_epoch(pos, val, bar)
             if stop_any:
