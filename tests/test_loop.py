@@ -237,6 +237,28 @@ def test_a_new_learning_rate_on_resume_is_the_rate_the_resumed_steps_train_with(
     assert not all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(weights, reference[1]))  # then not
 
 
+def test_more_epochs_after_the_end_begin_a_new_schedule_with_a_warm_up(data, tmp_path, caplog):
+    """"Raise EPOCHS to train on": the cosine had reached about 0; the added epochs warm up again from a
+    tenth of the rate and decay to 0 at the new end, where stretching the old curve jumped to 3/4 of
+    the peak with no warm-up."""
+    from vidtrain.recipe import WARMUP_START, learning_rate
+
+    out, rates = tmp_path / "out", []
+
+    class Rates(Recorder):
+        def after_step(self, epoch, step, model, logs):
+            rates.append(float(model.optimizer.learning_rate.numpy()))
+
+    assert job(settings(data, out, epochs=2))[0] == 0
+    more = settings(data, out, epochs=4)
+    assert job(more, Rates())[0] == 0
+    assert rates == pytest.approx([learning_rate(more, e, s, STEPS, start=2) for e in (2, 3) for s in range(STEPS)])
+    assert rates[0] == pytest.approx(WARMUP_START * more.learning_rate, rel=1e-6)  # the warm-up's start
+    assert rates[STEPS] == pytest.approx(more.learning_rate, rel=1e-6) and rates[-1] < rates[STEPS] / 2
+    assert "a new one begins there" in caplog.text
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["schedule_start"] == 2
+
+
 def test_the_epochs_training_is_checkpointed_before_validation(data, tmp_path):
     """A worker killed (SIGKILL, out of memory) while the chief validates loses no training: the
     checkpoint says "trained, validation pending" before the first validation batch."""

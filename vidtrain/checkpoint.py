@@ -91,6 +91,7 @@ class Position:
     fingerprint: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     finished: bool = False
+    schedule_start: int = 0  # the epoch the rate schedule began at (vidtrain.recipe.schedule_start)
     model_file: Path | None = None
 
 

@@ -329,6 +329,13 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     with world.strategy.scope():
         model = _restore(resume, settings) if resume else new_model(settings, len(splits.class_names))
     pos = resume or Position()
+    if resume is not None:
+        start = recipe.schedule_start(pos.epoch, pos.step, pos.schedule_start, pos.settings.get("epochs"),
+                                      settings.epochs)
+        if start != pos.schedule_start:
+            log.info("the rate schedule ended at epoch %d: a new one begins there (a warm-up, then the decay to "
+                     "epoch %d)", start, settings.epochs)
+            pos = replace(pos, schedule_start=start)
     set_frozen(model, frozen(settings, pos.epoch))
     ops = _Ops(world, model, len(splits.class_names), settings.label_smoothing)
     checkpointer = Checkpointer(settings.output_dir / "checkpoints")
@@ -423,7 +430,7 @@ class _Loop:
         while step < self.steps and not halted:
             if step == self.first_pad:
                 self.ops.sync_statistics()
-            self._set_rate(pos.epoch, step)
+            self._set_rate(pos, step)
             flags = np.float32([self.stop.requested, self._checkpoint_due()])
             started = time.perf_counter()
             if step < len(train_seq):
@@ -455,8 +462,8 @@ class _Loop:
         every = self.settings.checkpoint_every_s
         return self.world.chief and every > 0 and time.monotonic() - self._last_save >= every
 
-    def _set_rate(self, epoch: int, step: int) -> None:
-        rate = recipe.learning_rate(self.settings, epoch, step, self.steps)
+    def _set_rate(self, pos: Position, step: int) -> None:
+        rate = recipe.learning_rate(self.settings, pos.epoch, step, self.steps, pos.schedule_start)
         if rate != self._rate:
             self.model.optimizer.learning_rate.assign(rate)
             self._rate = rate
@@ -471,7 +478,7 @@ class _Loop:
 
     def _complete_epoch(self, pos: Position, val: dict | None, bar) -> Position:
         loss, hits, clips = pos.sums
-        self._set_rate(pos.epoch, self.steps - 1)  # a resumed epoch with no step left has not set it
+        self._set_rate(pos, self.steps - 1)  # a resumed epoch with no step left has not set it
         logs = {"loss": loss / clips, "accuracy": hits / clips, "learning_rate": self._rate}
         if val is not None:
             logs |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
@@ -488,7 +495,7 @@ class _Loop:
         if bar is not None:
             bar.update(self.steps, list(logs.items()), finalize=True)
         log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4g}" for k, v in logs.items()))
-        pos = Position(epoch=epoch, history=history)
+        pos = Position(epoch=epoch, history=history, schedule_start=pos.schedule_start)
         self._save(pos)
         if self.world.chief:
             report.write_history(self.settings.output_dir, history)
