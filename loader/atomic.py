@@ -24,9 +24,10 @@ class OutputError(OSError):
 
 
 def write_atomic(path: str | os.PathLike, write, tag: str = "") -> None:
-    """Call write(tmp_path), fsync, then rename to `path`. Out of space, the temporary file is
-    removed, `path` is left as it was, and OutputError names the file and the space left. `tag`
-    (no "-" in it) starts the temporary file's name, after TEMP_PREFIX: who is writing."""
+    """Call write(tmp_path), fsync, rename to `path`, then fsync the folder (so that the rename
+    itself survives a power cut, not only the data). Out of space, the temporary file is removed,
+    `path` is left as it was, and OutputError names the file and the space left. `tag` (no "-" in
+    it) starts the temporary file's name, after TEMP_PREFIX: who is writing."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{tag + '-' if tag else ''}{path.stem}-",
                                suffix=path.suffix)
@@ -37,6 +38,7 @@ def write_atomic(path: str | os.PathLike, write, tag: str = "") -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if out_of_space(exc):
@@ -46,6 +48,54 @@ def write_atomic(path: str | os.PathLike, write, tag: str = "") -> None:
             error.errno = errno.ENOSPC
             raise error from None
         raise
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """fsync a folder: its entries (a rename into it) reach the disk. A file system that cannot sync a
+    folder (some network ones) is left to its own guarantees."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h): swap two paths atomically
+
+
+def swap_in(new: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Put the folder `new` at `path` in one step, so a reader sees the old folder or the new one,
+    never neither: renameat2(RENAME_EXCHANGE) swaps the two where the kernel and file system can
+    (Linux 3.15+: ext4, xfs, btrfs, tmpfs, overlayfs), then the old folder, now at `new`, is removed.
+    Elsewhere the old folder is renamed aside first (a moment with neither). Returns `path`."""
+    new, path = Path(new), Path(path)
+    if path.exists() and _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)
+    else:
+        aside = path.with_name(f"{TEMP_PREFIX}old-{path.name}-{os.getpid()}")
+        if path.exists():
+            path.rename(aside)
+        new.rename(path)
+        shutil.rmtree(aside, ignore_errors=True)
+    sync_folder(path.parent)
+    return path
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100  # AT_FDCWD
+    return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
 def write_json_atomic(path: str | os.PathLike, data, indent: int | None = 2) -> None:
@@ -63,14 +113,10 @@ def out_of_space(exc: BaseException | None) -> bool:
     return False
 
 
-def remove_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
-    """Remove temporary files a killed write left in `folder` (not below it) whose last change is
-    older than `older_than_s` seconds (a folder other live processes write to needs a margin);
-    returns what was removed."""
-    import time
-
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove temporary files a killed write left in `folder` (not below it); returns what was removed.
+    Call only where no other process writes at the same time."""
     removed = []
-    now = time.time()
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -78,9 +124,8 @@ def remove_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0) -> 
     for entry in entries:
         if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
             try:
-                if now - entry.stat().st_mtime >= older_than_s:
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
             except OSError:
                 pass  # another process removed or renamed it meanwhile
     return removed

@@ -193,22 +193,26 @@ class Checkpointer:
         return [m for m in self.folder.glob("ckpt-*.keras") if not m.with_suffix(".json").exists()]
 
     def latest(self) -> Position | None:
-        """The newest checkpoint that loads: state.json's, else the newest record beside a complete
-        model file. Raises CheckpointError when checkpoints exist and none of them can be used."""
+        """The newest checkpoint that loads: the newest record beside a complete model file, or
+        state.json's where it names the same position (it also says whether the final outputs are
+        written); state.json naming an older one (a kill between the two writes) loses. Raises
+        CheckpointError when checkpoints exist and none of them can be used."""
         if not self.folder.is_dir():
             return None
-        candidates = [self.folder / STATE] + sorted(self.folder.glob("ckpt-*.json"), reverse=True)
-        problems = []
-        for record in candidates:
-            if not record.exists():
-                continue
-            try:
-                position = _load(record, self.folder)
-            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-                problems.append(f"{record.name}: {exc}")
-                continue
-            if problems:
-                log.warning("cannot resume from %s; resuming from %s instead", "; ".join(problems), record.name)
+        problems, found = [], {}
+        for kind, candidates in (("state", [self.folder / STATE]),
+                                 ("record", sorted(self.folder.glob("ckpt-*.json"), reverse=True))):
+            for record in (c for c in candidates if c.exists()):
+                try:
+                    found[kind] = (record, _load(record, self.folder))
+                    break
+                except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+                    problems.append(f"{record.name}: {exc}")
+        if found:
+            record, position = max(found.values(), key=lambda f: (f[1].epoch, f[1].step, f[0].name == STATE))
+            if problems or record.name != STATE:
+                why = "; ".join(problems) or f"{STATE} names an older position than {record.name}"
+                log.warning("cannot resume from %s; resuming from %s instead", why, record.name)
             return position
         if problems:
             raise CheckpointError(

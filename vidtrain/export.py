@@ -4,7 +4,8 @@
 model) and returns `probabilities` [batch, classes] (softmax) and `class_names` [batch] (the
 predicted class). `assets/vidtrain.json` holds class_names, frames, height, width, the training's
 sampling mode and resize (evaluate and predict modes take test clips of those) and both in words.
-Written beside, then swapped in, so a reader never sees half an export.
+Written beside, then swapped in whole (loader.atomic.swap_in): a reader sees the old export or
+the new one, never half of one or none.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from loader.atomic import write_atomic
+from loader.atomic import TEMP_PREFIX, swap_in, write_atomic
 from loader.sampling import describe_test_clip
 
 SAVED_MODEL = "saved_model"
@@ -36,9 +37,9 @@ def export_saved_model(model, out: Path, class_names: list[str], sampling: str, 
     archive.track(model)
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([None, frames, height, width, 3], tf.uint8, name="clips")])
-    final = out / SAVED_MODEL
-    staging = out / f".{SAVED_MODEL}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    for left in out.glob(f"{TEMP_PREFIX}*{SAVED_MODEL}*"):  # what a killed export left
+        shutil.rmtree(left, ignore_errors=True)
+    staging = out / f"{TEMP_PREFIX}{SAVED_MODEL}-{os.getpid()}"
     archive.write_out(str(staging), verbose=False)
     (staging / "assets").mkdir(exist_ok=True)
     meta = {"class_names": list(class_names), "frames": frames, "height": height, "width": width,
@@ -48,12 +49,7 @@ def export_saved_model(model, out: Path, class_names: list[str], sampling: str, 
                       "height x width cut out"),
             "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
     write_atomic(staging / "assets" / ASSET, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    old = out / f".{SAVED_MODEL}.{os.getpid()}.old"
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return swap_in(staging, out / SAVED_MODEL)
 
 
 def read_meta(out: Path) -> dict | None:
