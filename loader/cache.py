@@ -78,7 +78,7 @@ class FrameCache:
         self._lock = threading.Lock()
         self._full = self._broken = False
         self._too_big: set[Path] = set()  # set.add and `in` are atomic: no lock needed
-        self._tag = f"{socket.gethostname().replace('-', '_').replace('.', '_')}.{os.getpid()}"
+        self._tag = f"{_host()}.{os.getpid()}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._usage() as usage:
@@ -230,6 +230,11 @@ class FrameCache:
         return total
 
 
+def _host() -> str:
+    """This host's name as it goes into a temporary file's name (no "-" or "." in it: they separate)."""
+    return socket.gethostname().replace("-", "_").replace(".", "_")
+
+
 def _live_room(entry: os.DirEntry) -> int | None:
     """The room a temporary file's writer took, or None when the writer is gone (or unknown and old)."""
     tag = entry.name[len(TEMP_PREFIX):].split("-", 1)[0].split(".")
@@ -240,7 +245,7 @@ def _live_room(entry: os.DirEntry) -> int | None:
     if len(tag) != 3 or not tag[1].isdigit() or not tag[2].isdigit():
         return None if age > STALE_AFTER_S else 0
     host, pid, room = tag[0], int(tag[1]), int(tag[2])
-    if host == socket.gethostname().replace("-", "_").replace(".", "_"):
+    if host == _host():
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

@@ -220,8 +220,17 @@ def _json_list(path: Path) -> list[tuple[int, object]]:
     return entries
 
 
+def rows(path: Path):
+    """(line number, stripped cells) of every non-empty `;`-separated row (cells may be quoted)."""
+    for number, text in _lines(path):
+        row = [cell.strip() for cell in next(csv.reader([text], delimiter=";"))]
+        if any(row):
+            yield number, row
+
+
 def _lines(path: Path):
-    """(line number, stripped text) of every non-empty line."""
+    """(line number, stripped text) of every non-empty line. utf-8-sig: spreadsheet "CSV UTF-8"
+    exports start with a byte-order mark, which would otherwise stick to the first cell."""
     with open(path, encoding="utf-8-sig") as f:
         for number, text in enumerate(f, start=1):
             if text.strip():

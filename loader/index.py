@@ -11,7 +11,6 @@ annotation list the same way: the expensive look at every file happens once).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -51,13 +50,12 @@ class Skipped:
 
 @dataclass
 class Listing:
-    """A list's clips as (path, label) items, its class names, the frame counts it gives (MMAction2
-    raw-frame lists: path -> total_frames) and the name of its format."""
+    """A list's clips as (path, label) items, its class names and the frame counts it gives (MMAction2
+    raw-frame lists: path -> total_frames)."""
 
     items: list[Item]
     class_names: list[str]
     frames: dict[str, int] = field(default_factory=dict)
-    format: str = "class folders"
 
 
 def find_videos(root: str | os.PathLike) -> tuple[list[Item], list[str]]:
@@ -119,12 +117,12 @@ def list_clips(csv_path: str | os.PathLike, video_root: str | os.PathLike | None
             raise ManifestError(path, line, f"class {name!r} is not in the dataset's class list")
     log.info("%s: read as %s: %d %s clips, %d classes", path, datasets.NAMES[kind], len(rows), role,
              len(class_names))
-    return Listing([(clip, lookup[name]) for _, clip, name in rows], class_names, frames, datasets.NAMES[kind])
+    return Listing([(clip, lookup[name]) for _, clip, name in rows], class_names, frames)
 
 
 def _csv(csv_path: Path, root: Path | None) -> tuple[list[tuple[int, str, str]], list[str]]:
     rows = []
-    for k, (line, row) in enumerate(_rows(csv_path)):
+    for k, (line, row) in enumerate(datasets.rows(csv_path)):
         if k == 0 and [c.lower() for c in row[:2]] == ["path", "label"]:  # a header
             continue
         rows.append((line, _parse_row(csv_path, line, row)))
@@ -136,18 +134,8 @@ def read_paths(csv_path: str | os.PathLike) -> list[str]:
     """The clip paths of a CSV whose first column is a path (a label column may follow or not),
     resolved as in read_manifest; for predicting."""
     csv_path = Path(csv_path)
-    paths = [row[0] for k, (_, row) in enumerate(_rows(csv_path)) if not (k == 0 and row[0].lower() == "path")]
+    paths = [row[0] for k, (_, row) in enumerate(datasets.rows(csv_path)) if not (k == 0 and row[0].lower() == "path")]
     return [resolve(csv_path, path) for path in paths if path]
-
-
-def _rows(csv_path: Path):
-    """(line, stripped cells) of every non-empty row. utf-8-sig: spreadsheet "CSV UTF-8" exports
-    start with a byte-order mark, which would otherwise stick to the first cell."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        for line, row in enumerate(csv.reader(f, delimiter=";"), start=1):
-            row = [cell.strip() for cell in row]
-            if any(row):
-                yield line, row
 
 
 def _dedupe(manifest: Path, rows: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:

@@ -119,10 +119,6 @@ class VideoSequence(keras.utils.PyDataset):
     def __len__(self) -> int:
         return -(-self.num_entries // self.batch_size)
 
-    @property
-    def num_batches(self) -> int:
-        return len(self)
-
     def set_epoch(self, epoch: int) -> None:
         """Jump to `epoch` (e.g. when resuming, or before a validation pass); not to be called while
         batches are being built. The clips that failed in an earlier epoch are tried again, but for

@@ -388,7 +388,7 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
         with PrefetchGenerator(seq, settings.loader_workers, settings.prefetch_batches,
                                metrics=metrics.loader("predict")) as gen:
             for x, positions in gen:
-                probs = _softmax(model.predict_on_batch(x))
+                probs = np.exp(report.log_softmax(model.predict_on_batch(x)))
                 for pos, p in zip(positions, probs):
                     best = int(np.argmax(p))
                     rows[pos] |= {"predicted": class_names[best], "confidence": f"{p[best]:.4f}",
@@ -401,9 +401,3 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
     log.info("predict: %d of %d clips -> %s", len(good), len(paths), settings.output_dir / "predictions.csv")
     return EXIT_OK
 
-
-def _softmax(logits):
-    import numpy as np
-
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)

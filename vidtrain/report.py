@@ -48,8 +48,7 @@ def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kep
         entries = np.repeat(kept, clips_per_video)
         logits, labels = logits[entries], labels[entries]
     num_classes = logits.shape[1]
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(logits)
     probs = np.exp(log_probs)
     loss = float(-log_probs[np.arange(len(labels)), labels].mean())
     video_probs = probs.reshape(-1, clips_per_video, num_classes).mean(axis=1)
@@ -73,6 +72,12 @@ def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kep
             "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
                           "support": support.tolist()},
             "confusion_matrix": confusion.tolist()}
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log of the softmax over the last axis, computed stably (the largest logit subtracted first)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def final_scores(final: dict, class_names: list[str]) -> dict:
