@@ -97,12 +97,18 @@ class SkipCounter:
         self.skips.append(reason)
 
 
+def copies(items, folder):
+    """The clips copied to `folder` as 0.mp4, 1.mp4, ...: files a test may break."""
+    local = []
+    for k, (path, label) in enumerate(items):
+        shutil.copy(path, folder / f"{k}.mp4")
+        local.append((str(folder / f"{k}.mp4"), label))
+    return local
+
+
 def test_clip_failing_at_decode_time_is_replaced_counted_and_reported(train_items, tmp_path):
     items, _ = train_items
-    local = []
-    for k, (path, label) in enumerate(items[:6]):
-        shutil.copy(path, tmp_path / f"{k}.mp4")
-        local.append((str(tmp_path / f"{k}.mp4"), label))
+    local = copies(items[:6], tmp_path)
     (tmp_path / "2.mp4").write_bytes(b"broken after the probe")
     metrics = SkipCounter()
     seq = VideoSequence(local, 6, 4, (32, 40), metrics=metrics)
@@ -121,10 +127,7 @@ def test_clip_failing_at_decode_time_is_replaced_counted_and_reported(train_item
 def test_a_failed_clip_is_tried_again_next_epoch(train_items, tmp_path):
     """A flaky file server: the clip fails in epoch 0 and reads again later; epoch 1 trains on it."""
     items, _ = train_items
-    local = []
-    for k, (path, label) in enumerate(items[:4]):
-        shutil.copy(path, tmp_path / f"{k}.mp4")
-        local.append((str(tmp_path / f"{k}.mp4"), label))
+    local = copies(items[:4], tmp_path)
     whole = (tmp_path / "1.mp4").read_bytes()
     (tmp_path / "1.mp4").write_bytes(b"unreadable for now")
     metrics = SkipCounter()
@@ -143,10 +146,7 @@ def test_a_whole_class_failing_is_replaced_from_the_other_classes(tmp_path, trai
     """Every clip of one class unreadable (a sub-mount that hiccups): the replacements are drawn from the
     whole list, so the batch fills from the other classes instead of exhausting the class's neighbours."""
     items, names = train_items
-    local = []
-    for k, (path, label) in enumerate(items):
-        shutil.copy(path, tmp_path / f"{k}.mp4")
-        local.append((str(tmp_path / f"{k}.mp4"), label))
+    local = copies(items, tmp_path)
     for path, label in local:
         if label == 0:
             Path(path).write_bytes(b"mount gone")
