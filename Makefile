@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(PY) -m bench.loader_bench
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.train_bench
 
-# Seconds to the first training batch at 10k and 100k clips, first start and restart (about 15 min).
+# Seconds to the first training batch at 100k and 240k clips, first start and restart.
 bench-startup: $(STAMP)
 	$(PY) -m bench.startup_bench
 

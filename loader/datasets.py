@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from loader.paths import ManifestError, resolve
+from loader.paths import ManifestError, Resolver
 
 Row = tuple[int, str, str]  # (line, clip path, class name)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv"})
@@ -55,11 +55,24 @@ def detect(path: Path) -> str:
                         f"{', '.join(NAMES.values())} (see README: Your data)")
 
 
+def source_files(path: Path) -> list[Path]:
+    """The files an annotation list is read from: the list, and what its format reads beside it (a
+    class index or labels file, HMDB51's other split files). A digest of them tells whether the
+    lists changed without listing the clips again."""
+    kind = detect(path)
+    beside = {"jester": [path.parent / JESTER_LABELS], "ucf101": [path.parent / UCF_CLASS_INDEX],
+              "ssv2": [path.parent / SSV2_LABELS]}.get(kind, [])
+    if kind == "hmdb51":
+        split = HMDB_SPLIT_FILE.match(path.name)["split"]
+        beside = [p for p in path.parent.iterdir() if (m := HMDB_SPLIT_FILE.match(p.name)) and m["split"] == split]
+    return sorted({path, *(p for p in beside if p.exists())})
+
+
 def ucf101(path: Path, root: Path | None) -> tuple[list[Row], list[str]]:
     """`Class/v_Class_g08_c01.avi 1` (train) or `Class/v_Class_g01_c01.avi` (test) rows; the class
     is the path's folder, its order from classInd.txt (`1 ApplyEyeMakeup`) beside the list."""
     classes = _class_index(path.parent / UCF_CLASS_INDEX)
-    rows = []
+    place, rows = Resolver(path, root), []
     for line, text in _lines(path):
         tokens = text.split()
         if len(tokens) not in (1, 2) or "/" not in tokens[0]:
@@ -70,7 +83,7 @@ def ucf101(path: Path, root: Path | None) -> tuple[list[Row], list[str]]:
         if len(tokens) == 2 and (not tokens[1].isdigit() or not 1 <= int(tokens[1]) <= len(classes)
                                  or classes[int(tokens[1]) - 1] != name):
             raise ManifestError(path, line, f"label {tokens[1]!r} is not {name!r}'s index in {UCF_CLASS_INDEX}")
-        rows.append((line, _clip(path, root, tokens[0]), name))
+        rows.append((line, place(tokens[0]), name))
     return rows, classes
 
 
@@ -81,14 +94,14 @@ def hmdb51(path: Path, root: Path | None, role: str) -> tuple[list[Row], list[st
     split = HMDB_SPLIT_FILE.match(path.name)["split"]
     classes = {m["name"]: p for p in path.parent.iterdir()
                if (m := HMDB_SPLIT_FILE.match(p.name)) and m["split"] == split}
-    rows = []
+    place, rows = Resolver(path, root), []
     for name, file in sorted(classes.items()):
         for line, text in _lines(file):
             tokens = text.split()
             if len(tokens) != 2 or tokens[1] not in ("0", "1", "2"):
                 raise ManifestError(file, line, f"expected 'clip.avi 0|1|2', got {text!r}")
             if tokens[1] == HMDB_ROLE[role]:
-                rows.append((line, _clip(path, root, f"{name}/{tokens[0]}"), name))
+                rows.append((line, place(f"{name}/{tokens[0]}"), name))
     return rows, sorted(classes)
 
 
@@ -97,7 +110,7 @@ def ssv2(path: Path, root: Path | None) -> tuple[list[Row], list[str] | None]:
     class the template without brackets, ordered by something-something-v2-labels.json."""
     entries = _json_list(path)
     order = _ssv2_labels(path.parent / SSV2_LABELS)
-    rows = []
+    place, rows = Resolver(path, root), []
     for k, (line, entry) in enumerate(entries):
         if not (isinstance(entry, dict) and isinstance(entry.get("id"), (str, int))
                 and isinstance(entry.get("template"), str)):
@@ -106,7 +119,7 @@ def ssv2(path: Path, root: Path | None) -> tuple[list[Row], list[str] | None]:
         name = entry["template"].replace("[", "").replace("]", "")
         if order is not None and name not in order:
             raise ManifestError(path, line, f"class {name!r} is not in {SSV2_LABELS}")
-        rows.append((line, _clip(path, root, f"{entry['id']}.webm"), name))
+        rows.append((line, place(f"{entry['id']}.webm"), name))
     return rows, order
 
 
@@ -143,7 +156,7 @@ def mmaction2(path: Path, root: Path | None, rawframes: bool) -> tuple[list[Row]
     indices as names ("0", "1", ...), in numeric order. A raw-frame list's total_frames are
     returned by clip path (they need no probe)."""
     width = 3 if rawframes else 2
-    rows, indices, frames = [], set(), {}
+    place, rows, indices, frames = Resolver(path, root), [], set(), {}
     for line, text in _lines(path):
         tokens = text.split()
         if len(tokens) != width or not all(t.isdigit() for t in tokens[1:]):
@@ -152,7 +165,7 @@ def mmaction2(path: Path, root: Path | None, rawframes: bool) -> tuple[list[Row]
         if rawframes and int(tokens[1]) < 1:
             raise ManifestError(path, line, f"total_frames must be >= 1, got {tokens[1]}")
         indices.add(int(tokens[-1]))
-        clip = _clip(path, root, tokens[0])
+        clip = place(tokens[0])
         rows.append((line, clip, tokens[-1]))
         if rawframes:
             frames[os.path.normpath(clip)] = int(tokens[1])
@@ -162,10 +175,6 @@ def mmaction2(path: Path, root: Path | None, rawframes: bool) -> tuple[list[Row]
 def jester_order(path: Path) -> list[str]:
     """Jester's class order: jester-v1-labels.csv beside the list, one class per line."""
     return [text for _, text in _lines(path.parent / JESTER_LABELS)]
-
-
-def _clip(manifest: Path, root: Path | None, relative: str) -> str:
-    return str(root / relative) if root is not None else resolve(manifest, relative)
 
 
 def _class_index(path: Path) -> list[str]:

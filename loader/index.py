@@ -26,7 +26,7 @@ from loader import datasets
 from loader.atomic import write_json_atomic
 from loader.decode import DecodeError, count_frames
 from loader.hooks import NullIndexMetrics
-from loader.paths import ManifestError, resolve
+from loader.paths import ManifestError, Resolver, resolve
 from loader.prefetch import Interrupted, map_bounded
 
 log = logging.getLogger("vidtrain")
@@ -126,8 +126,8 @@ def _csv(csv_path: Path, root: Path | None) -> tuple[list[tuple[int, str, str]],
         if k == 0 and [c.lower() for c in row[:2]] == ["path", "label"]:  # a header
             continue
         rows.append((line, _parse_row(csv_path, line, row)))
-    order = _class_order(csv_path, rows)
-    return [(line, resolve(csv_path, clip, root), label) for line, (clip, label, _) in rows], order
+    order, place = _class_order(csv_path, rows), Resolver(csv_path, root)
+    return [(line, place(clip), label) for line, (clip, label, _) in rows], order
 
 
 def read_paths(csv_path: str | os.PathLike) -> list[str]:
@@ -135,7 +135,8 @@ def read_paths(csv_path: str | os.PathLike) -> list[str]:
     resolved as in read_manifest; for predicting."""
     csv_path = Path(csv_path)
     paths = [row[0] for k, (_, row) in enumerate(datasets.rows(csv_path)) if not (k == 0 and row[0].lower() == "path")]
-    return [resolve(csv_path, path) for path in paths if path]
+    place = Resolver(csv_path)
+    return [place(path) for path in paths if path]
 
 
 def _dedupe(manifest: Path, rows: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
@@ -284,41 +285,52 @@ class _Progress:
 
 # -- the stored index ------------------------------------------------------------------------------
 INDEX_FILE = "index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the listing, whole, and the probe's outcome beside it (1: the probed clips only)
 
 
 @dataclass
 class DatasetIndex:
-    """The probed dataset: usable training and validation clips with their frame counts, class
-    names, skipped clips with reasons (of the training and of the validation list), what it was
-    built from (`source`: the settings that name the lists) and a digest of the lists as they were
-    then (`lists_sha256`). `val` is None when validation clips are to be held out of `train` (no
-    validation list)."""
+    """What the lists resolved to, and what the probe found. `train` and `val` are the listed clips
+    (`val` None when validation clips are held out of `train`), in the class order `class_names`;
+    `source` the settings that name the lists and `lists_sha256` a digest of the lists' sources as
+    they were when listed (vidtrain.data). The probe's outcome: `frames` (path -> frame count of
+    every usable clip probed so far, or given by the list), `skipped` and `val_skipped` (the clips it
+    left out, with reasons), and `complete` once every listed clip was looked at. Written when listed
+    (training starts from it) and again when the probe completes."""
 
     class_names: list[str]
     train: list[Item]
-    train_frames: list[int]
     val: list[Item] | None
-    val_frames: list[int] | None
-    skipped: list[Skipped]
-    val_skipped: list[Skipped]
     source: dict
     lists_sha256: str
+    frames: dict[str, int] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    val_skipped: list[Skipped] = field(default_factory=list)
+    complete: bool = False
     built: float = field(default_factory=time.time)
+
+    @property
+    def items_sha256(self) -> str:
+        return lists_digest(self.train, self.val)
+
+    def usable(self, items: list[Item]) -> list[Item]:
+        """`items` but those the probe left out."""
+        bad = {s.path for s in self.skipped + self.val_skipped}
+        return [item for item in items if item[0] not in bad]
 
     def write(self, folder: str | os.PathLike) -> Path:
         """Write atomically to `folder`/index.json (a reader sees the old index or the new one)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
 
-        def split(items, frames):
+        def split(items):
             return None if items is None else {"paths": [p for p, _ in items], "labels": [lb for _, lb in items],
-                                               "frames": frames}
+                                               "frames": [self.frames.get(p) for p, _ in items]}
 
         write_json_atomic(folder / INDEX_FILE, {
             "version": INDEX_VERSION, "built": self.built, "source": self.source, "lists_sha256": self.lists_sha256,
-            "class_names": self.class_names, "train": split(self.train, self.train_frames),
-            "val": split(self.val, self.val_frames), "skipped": [asdict(s) for s in self.skipped],
+            "complete": self.complete, "class_names": self.class_names, "train": split(self.train),
+            "val": split(self.val), "skipped": [asdict(s) for s in self.skipped],
             "val_skipped": [asdict(s) for s in self.val_skipped]}, indent=None)
         return folder / INDEX_FILE
 
@@ -333,22 +345,26 @@ class DatasetIndex:
             return None
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} cannot be read ({exc})") from None
-        if data.get("version") != INDEX_VERSION:
+        if not isinstance(data, dict) or data.get("version") != INDEX_VERSION:
             return None
+        frames = {}
 
         def split(part):
             if part is None:
-                return None, None
-            return list(zip(part["paths"], part["labels"])), part["frames"]
+                return None
+            frames.update((p, n) for p, n in zip(part["paths"], part["frames"]) if n is not None)
+            return list(zip(part["paths"], part["labels"]))
 
-        train, train_frames = split(data["train"])
-        val, val_frames = split(data["val"])
-        return cls(data["class_names"], train, train_frames, val, val_frames, [Skipped(**s) for s in data["skipped"]],
-                   [Skipped(**s) for s in data["val_skipped"]], data["source"], data["lists_sha256"], data["built"])
+        try:
+            return cls(data["class_names"], split(data["train"]), split(data["val"]), data["source"],
+                       data["lists_sha256"], frames, [Skipped(**s) for s in data["skipped"]],
+                       [Skipped(**s) for s in data["val_skipped"]], data["complete"], data["built"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path} cannot be read (no {exc})") from None
 
 
 def lists_digest(train: list[Item], val: list[Item] | None) -> str:
-    """sha256 of the listed clips (before probing): whether the lists changed since an index was built."""
+    """sha256 of the listed clips: whether a listing names the same clips as another."""
     digest = hashlib.sha256()
     for items in (train, val or []):
         for path, label in items:

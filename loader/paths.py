@@ -18,17 +18,38 @@ class ManifestError(ValueError):
         self.manifest, self.line = str(manifest), line
 
 
+class Resolver:
+    """Where a list's clip paths live: absolute as given; else under `root` (VIDEO_ROOT) when given;
+    else beside the list, or in the folder named like it (`train.csv` -> `train/`) when only found
+    there. Each folder is listed once: at a quarter million rows one look per row (two where the
+    named folder holds the clips) costs minutes on a network volume, one listing per folder seconds."""
+
+    def __init__(self, manifest: str | os.PathLike, root: str | os.PathLike | None = None):
+        self.manifest, self.root = Path(manifest), Path(root) if root is not None else None
+        self._names: dict[Path, frozenset[str]] = {}
+
+    def __call__(self, path: str) -> str:
+        p = Path(path)
+        if p.is_absolute():
+            return str(p)
+        if self.root is not None:
+            return str(self.root / p)
+        beside = self.manifest.parent / p
+        named = self.manifest.parent / self.manifest.stem / p
+        return str(named if not self._exists(beside) and self._exists(named) else beside)
+
+    def _exists(self, path: Path) -> bool:
+        if path.parent not in self._names:
+            try:
+                self._names[path.parent] = frozenset(os.listdir(path.parent))
+            except OSError:
+                self._names[path.parent] = frozenset()
+        return path.name in self._names[path.parent]
+
+
 def resolve(manifest: Path, path: str, root: Path | None = None) -> str:
-    """A listed clip's path: absolute as given; else under `root` (VIDEO_ROOT) when given; else
-    beside the list, or in the folder named like it (`train.csv` -> `train/`) when only found there."""
-    p = Path(path)
-    if p.is_absolute():
-        return str(p)
-    if root is not None:
-        return str(root / p)
-    beside = manifest.parent / p
-    named = manifest.parent / manifest.stem / p
-    return str(named if not beside.exists() and named.exists() else beside)
+    """One listed clip's path (see Resolver)."""
+    return Resolver(manifest, root)(path)
 
 
 def template_pattern(template: str) -> re.Pattern:

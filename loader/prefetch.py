@@ -1,5 +1,5 @@
-"""Prefetch: worker threads build batches ahead of the training loop; calls with a time limit; and a
-bounded parallel map (the index's probe).
+"""Prefetch: worker threads build batches ahead of the training loop; calls with a time limit; a
+bounded parallel map (the index's probe); and a call in the background (the probe, while training).
 
 The loader's concurrency lives here (the frame cache keeps one lock for its byte count). In the
 PrefetchGenerator one condition variable guards all shared state; workers hold it only to claim a
@@ -50,6 +50,40 @@ def call_with_timeout(fn, seconds: float | None, *args):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+class Background:
+    """fn() in a daemon thread of its own, named `name`: `done()`, `wait(timeout)` (whether it ended),
+    `result()` (its value, or its exception raised in the caller, once it ended)."""
+
+    def __init__(self, fn: Callable, name: str):
+        self._fn, self._ended = fn, threading.Event()
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Background:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller by result()
+            self._error = exc
+        finally:
+            self._ended.set()
+
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ended.wait(timeout)
+
+    def result(self):
+        self._ended.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class Interrupted(RuntimeError):

@@ -219,12 +219,14 @@ def test_a_bad_frame_template_is_refused_naming_it(template, message):
 def test_the_index_round_trips_and_refuses_a_damaged_file(tmp_path):
     from loader import DatasetIndex, Skipped
 
-    index = DatasetIndex(["a", "b"], [("/x/1.mp4", 0), ("/x/2.mp4", 1)], [30, 31], None, None,
-                         [Skipped("/x/3.mp4", "empty file", "empty", 0)], [], {"data_dir": "/x"}, "f00")
+    items = [("/x/1.mp4", 0), ("/x/2.mp4", 1), ("/x/3.mp4", 0)]
+    index = DatasetIndex(["a", "b"], items, None, {"data_dir": "/x"}, "f00", {"/x/1.mp4": 30, "/x/2.mp4": 31},
+                         [Skipped("/x/3.mp4", "empty file", "empty", 0)], [], True)
     path = index.write(tmp_path / "index")
     assert path.stat().st_mode & 0o777 == 0o644 and not list(path.parent.glob(".tmp-*"))
     assert DatasetIndex.read(tmp_path / "index") == index
     assert DatasetIndex.read(tmp_path / "nowhere") is None
-    path.write_text('{"version": 1, "cla')
+    assert index.usable(items) == items[:2]
+    path.write_text('{"version": 2, "cla')
     with pytest.raises(ValueError, match="index.json cannot be read"):
         DatasetIndex.read(tmp_path / "index")

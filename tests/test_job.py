@@ -198,7 +198,9 @@ def test_bad_video_fails_or_is_skipped_and_reported(cache, tmp_path, policy, cod
     if policy == "skip":
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(tmp_path / "bad.mp4"), "unreadable")]
-        assert report["dataset"]["train_clips"] + report["dataset"]["val_clips"] == len(clips)
+        # Listed (and trained over: its slot is filled by another clip), reported as left out.
+        assert report["dataset"]["train_clips"] + report["dataset"]["val_clips"] == len(clips) + 1
+        assert report["dataset"]["skipped_clips"] == 1
 
 
 def test_gpu_decode_without_a_cuda_decord_stops_at_start_with_exit_2(cache, tmp_path):

@@ -22,31 +22,33 @@ def finish(procs, codes, timeout=300):
     return outputs
 
 
-def test_two_workers_train_in_lockstep_on_disjoint_shards_of_the_chiefs_index(tmp_path):
-    """The chief indexes the data; worker 1 starts only after a clip broke, so a probe of its own
-    would have seen other clips: it reads the chief's index instead, and both train the same
-    shards and steps. The broken clip is skipped when loaded, and the chief's report names it."""
+def test_two_workers_train_in_lockstep_on_disjoint_shards_and_share_the_evaluation(tmp_path):
+    """The chief lists the data; worker 1 reads its index. Both train disjoint shards in lockstep, end
+    with equal weights, and validate and evaluate half of the videos each (two clips per video): the
+    gathered scores equal a single process's evaluation of the same model. A clip broken from the start
+    is left out by the index's probe and replaced when loaded; the report names it once."""
     import subprocess
     import sys
 
+    from jobs import job, settings
+
     cache, out = tmp_path / "cache", tmp_path / "out"  # one output volume for both, as in Kubernetes
     make_demo_dataset(cache / "demo", 5, 2, 0)  # 25 train clips: shards of 13 and 12, one batch apart
+    broken = sorted((cache / "demo" / "train" / "swipe_left").glob("*.mp4"))[1]
+    broken.write_bytes(b"\0" * 4096)
     grpc_port = free_port()
     metrics_ports = [free_port(), free_port()]
+    common = dict(num_workers=2, worker_port=grpc_port, output_dir=out, cache_dir=cache, epochs=3, frames=8,
+                  height=32, width=32, batch_size=4, demo_clips_per_class=5, eval_clips=2)
 
     def start(index):
-        env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=metrics_ports[index], output_dir=out,
-                      cache_dir=cache, epochs=3, frames=8, height=32, width=32, batch_size=4, demo_clips_per_class=5)
+        env = job_env(metrics_port=metrics_ports[index], **common)
         env["JOB_COMPLETION_INDEX"] = str(index)  # what Kubernetes sets in an Indexed Job's pods
         return subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    workers = [start(0)]
-    broken = sorted((cache / "demo" / "train" / "swipe_left").glob("*.mp4"))[1]
+    workers = [start(0), start(1)]
     try:
-        assert wait_for(lambda: (out / "index" / "index.json").exists(), timeout=120, interval=0.05)
-        broken.write_bytes(b"\0" * 4096)  # after the chief's probe: a probe now would skip it
-        workers.append(start(1))
         for port in metrics_ports:  # every worker serves its own metrics while it trains
             assert wait_for(lambda port=port: (sample(scrape(port) or "", "vidtrain_batches_total", split="train")
                                                or 0) > 0,
@@ -56,7 +58,8 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards_of_the_chiefs_index(tm
             w.kill()
         raise
     logs = finish(workers, [0, 0])
-    assert "dataset index written" in logs[0] and "no clip probed again" in logs[1] and "indexing" not in logs[1]
+    assert "dataset index written" in logs[0] and "dataset index written" not in logs[1]
+    assert "indexing" not in logs[1]  # worker 1 neither lists nor probes
 
     records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
@@ -73,9 +76,20 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards_of_the_chiefs_index(tm
     report = json.loads((out / "report.json").read_text())
     assert len(report["confusion_matrix"]) == 5 and report["epochs_completed"] == 3
     assert report["throughput"]["clips_trained"] == 3 * 25  # every clip once per epoch, across both workers
-    assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(broken), "decode_failed")]
+    assert [(s["path"], s["kind"]) for s in report["skipped"]] == [(str(broken), "unreadable")]
     assert {k: len(v) for k, v in json.loads((out / "history.json").read_text()).items()} == dict.fromkeys(
         ("loss", "accuracy", "learning_rate", "val_loss", "val_accuracy"), 3)
+    shares = report["throughput"]["workers"]
+    assert [w["worker"] for w in shares] == [0, 1] and all(w["train_clips"] > 0 and w["val_clips"] > 0 for w in shares)
+    # 10 validation videos x 2 clips, 3 validations of one clip each and the final one of two: split in halves
+    assert sum(w["val_clips"] for w in shares) == 3 * 10 + 2 * 10 and shares[0]["val_clips"] == shares[1]["val_clips"]
+
+    single = {k: v for k, v in common.items() if k not in ("num_workers", "worker_port", "output_dir")}
+    assert job(settings(None, out, mode="evaluate", **single))[0] == 0
+    alone = json.loads((out / "evaluation.json").read_text())
+    assert report["confusion_matrix"] == alone["confusion_matrix"] and report["per_class"] == alone["per_class"]
+    for key, value in alone["final"].items():
+        assert report["final"][key] == pytest.approx(value, rel=1e-5), key
 
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_path):

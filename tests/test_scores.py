@@ -27,6 +27,23 @@ def test_multi_clip_averaging_against_a_hand_computation():
     assert one["video_accuracy"] == one["clip_accuracy"] == pytest.approx(0.5)
 
 
+def test_tallies_of_disjoint_videos_add_up_to_the_tally_of_all():
+    """What two workers' shards of a validation set give, summed, is what one process gives."""
+    from vidtrain.report import scores_of, tally
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(30, 7)), np.repeat(rng.integers(0, 7, 10), 3)  # 10 videos x 3 views
+    kept = np.ones(10, bool)
+    kept[4] = False
+    whole = scores(logits, labels, 3, kept)
+    shards = [np.arange(10) % 2 == w for w in range(2)]  # every other video, as the workers' shards
+    parts = [tally(logits[np.repeat(s, 3)], labels[np.repeat(s, 3)], 3, kept[s]) for s in shards]
+    summed = scores_of(parts[0] + parts[1], 3)
+    assert summed.keys() == whole.keys()
+    for key, value in whole.items():
+        assert summed[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
 def test_per_class_numbers_on_a_known_confusion():
     # 6 classes so that top-5 is not trivially 1; true classes and one-hot-ish predictions
     true = [0, 0, 0, 0, 1, 1, 2, 2, 2, 3]
@@ -74,7 +91,7 @@ def test_a_video_failing_mid_evaluation_is_left_out_not_scored_with_another_vide
 
     from loader import VideoSequence
     from loader.demo import write_video
-    from vidtrain.report import evaluate
+    from vidtrain.report import evaluate, scores_of
 
     items = []
     for k in range(3):
@@ -86,7 +103,7 @@ def test_a_video_failing_mid_evaluation_is_left_out_not_scored_with_another_vide
     def predict(x):  # class 2 for every clip
         return np.tile([0.0, 0.0, 5.0], (len(x), 1))
 
-    s = evaluate(None, seq, workers=1, depth=2, predict=predict)
+    s = scores_of(evaluate(None, seq, workers=1, depth=2, predict=predict, num_classes=3), 2)
     assert [sk.path for sk in seq.skipped] == [items[1][0]]
     assert (s["videos"], s["clips"]) == (2, 4)  # video 1 left out, its two slots with it
     assert s["per_class"]["support"] == [1, 0, 1]

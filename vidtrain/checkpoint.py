@@ -44,7 +44,6 @@ ORDER_FIXING = ("seed", "batch_size", "frames", "height", "width", "model", "rnn
                 "sampling", "augment_flip", "augment_crop", "mixed_precision")
 # Settings that say who a worker is: they differ between workers and never matter to a resume.
 IDENTITY = ("worker_index", "tf_config")
-DATA_SETTINGS = "VIDTRAIN_DATA_DIR / VIDTRAIN_TRAIN_MANIFEST / VIDTRAIN_VAL_FRACTION"
 
 
 def items_digest(items) -> str:
@@ -104,22 +103,35 @@ def check_resume(position: Position, current: dict, settings: Settings, folder: 
     saved = position.fingerprint
     problems = [f"{env_name(key)} is {current[key]!r} now, the checkpoint was made with {saved.get(key)!r}"
                 for key in (*ORDER_FIXING, "num_workers") if saved.get(key) != current[key]]
+    now = settings.redacted()
     if saved.get("class_names") != current["class_names"]:
-        problems.append(f"the training classes differ ({DATA_SETTINGS}): {current['class_names']} now, "
+        problems.append(f"the training classes differ ({_why_data(position, now)}): {current['class_names']} now, "
                         f"{saved.get('class_names')} in the checkpoint")
     elif saved.get("train_items_sha256") != current["train_items_sha256"]:
-        problems.append(f"the training clips differ ({DATA_SETTINGS}): {current['train_clips']} clips now, "
-                        f"{saved.get('train_clips')} in the checkpoint, or the same number in another order")
+        problems.append(f"the training clips differ ({_why_data(position, now)}): {current['train_clips']} clips "
+                        f"now, {saved.get('train_clips')} in the checkpoint, or the same number in another order")
     if problems:
+        reindex = " and without VIDTRAIN_REINDEX" if settings.reindex else ""
         raise ResumeMismatch(
             f"cannot resume from {folder / STATE}: its position (epoch {position.epoch}, step {position.step}) "
             "means other clips or another model under these settings:\n  " + "\n  ".join(problems)
-            + "\nResume with the checkpoint's settings, or start fresh with another VIDTRAIN_OUTPUT_DIR "
-            f"(or remove {folder}).")
-    now = settings.redacted()
+            + f"\nResume with the checkpoint's settings{reindex} (it trains on the clips it was trained on), or "
+            f"start fresh: another VIDTRAIN_OUTPUT_DIR, or remove {folder} (the data is then listed again).")
     for key, before in sorted(position.settings.items()):
         if key not in IDENTITY and key in now and now[key] != before:
             log.info("resuming with %s changed: %r -> %r", env_name(key), before, now[key])
+
+
+def _why_data(position: Position, now: dict) -> str:
+    """What made the listing differ from the checkpoint's: the settings that name the data, or a new listing."""
+    from vidtrain.data import SOURCE_SETTINGS
+
+    changed = [env_name(k) for k in (*SOURCE_SETTINGS, "val_fraction") if position.settings.get(k, now[k]) != now[k]]
+    if changed:
+        return f"{', '.join(changed)} changed"
+    if now.get("reindex"):
+        return "VIDTRAIN_REINDEX=1 listed the data again, and it names other clips now"
+    return "the dataset index was listed again, and it names other clips now"
 
 
 class CheckpointError(RuntimeError):

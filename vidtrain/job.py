@@ -20,6 +20,7 @@ from loader import (
     DecodeError,
     ManifestError,
     ProbeInterrupted,
+    Skipped,
     VideoSequence,
     check_decode_device,
     find_videos,
@@ -41,7 +42,7 @@ from vidtrain.checkpoint import (
     fingerprint,
 )
 from vidtrain.control import Diverged, Stopped, StopRequest
-from vidtrain.data import IndexMismatch, NoDataError, Splits, assemble, write_index
+from vidtrain.data import IndexMismatch, IndexProbe, NoDataError, Splits, assemble, write_index
 from vidtrain.export import export_saved_model, read_meta
 from vidtrain.metrics import JobMetrics, push_outcome, serve
 from vidtrain.peers import EXIT_PEER_LOST, PeerLost
@@ -136,10 +137,8 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def _prepare(settings: Settings, progress: bool, metrics: JobMetrics, stop: StopRequest | None = None,
-             build: bool = True) -> Splits:
-    splits = assemble(settings, progress, stop_when=(lambda: stop.requested) if stop else None, metrics=metrics,
-                      build=build)
+def _prepare(settings: Settings, build: bool = True, pinned: bool = False) -> Splits:
+    splits = assemble(settings, build=build, pinned=pinned)
     try:
         check_decode_device(settings.decode_device, splits.train[0][0])
     except RuntimeError as exc:
@@ -149,24 +148,23 @@ def _prepare(settings: Settings, progress: bool, metrics: JobMetrics, stop: Stop
             flip_label_map(splits.class_names)
         except ValueError as exc:
             raise ConfigProblem(f"VIDTRAIN_AUGMENT_FLIP=true: {exc}") from exc
-    log.info("data: %d train / %d val clips, %d classes %s, %d skipped (%s)", len(splits.train), len(splits.val),
-             len(splits.class_names), splits.class_names, len(splits.skipped), splits.source)
+    log.info("data: %d train / %d val clips listed, %d classes %s (%s)", len(splits.train), len(splits.val),
+             len(splits.class_names), splits.class_names, splits.source)
     return splits
 
 
 def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: StopRequest, events=None) -> int:
-    """Index (or read the index), check a resume, train. In multi-worker training the chief (worker 0)
-    indexes first and joins the others once its index is written, so the others meet it before they
-    read the index: every worker trains from the chief's index, with the same shards and steps."""
+    """List the data (or read the index), check a resume, train while the index's probe runs. In
+    multi-worker training the chief (worker 0) lists first and joins the others once its index is
+    written, so the others meet it before they read the index: every worker trains from the chief's
+    index, with the same shards and steps."""
     chief = not settings.distributed or settings.ranks()[0] == 0
     world = None if chief else _make_world(settings, stop)
-    splits = _prepare(settings, progress, metrics, stop, build=chief)
-    for s in splits.skipped:
-        metrics.count_skip(s.kind)
-    workers = len(settings.ranks()[1]) if settings.distributed else 1
-    current = fingerprint(settings, workers, splits.class_names, splits.train)
     checkpoints = settings.output_dir / "checkpoints"
     resume = Checkpointer(checkpoints).latest()
+    splits = _prepare(settings, build=chief, pinned=resume is not None)
+    workers = len(settings.ranks()[1]) if settings.distributed else 1
+    current = fingerprint(settings, workers, splits.class_names, splits.train)
     if resume is not None:
         check_resume(resume, current, settings, checkpoints)
     if chief:
@@ -177,8 +175,16 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
         log.info("%s", done)
         world.leave()
         return EXIT_OK
+    indexing = IndexProbe(settings, splits, metrics, stop_when=lambda: stop.requested).start() if chief else None
     stop.immediate = False  # from here a stop request ends the current step and checkpoints
-    return _train(settings, splits, metrics, stop, world, resume, current, progress, events)
+    try:
+        return _train(settings, splits, metrics, stop, world, resume, current, progress, events, indexing)
+    except ClipsUnavailable:
+        # Clips that fail to decode one after the other: bad data, if the probe finds it so (exit 3), else
+        # a failing storage (exit 1).
+        if indexing is not None and (problem := indexing.wait()) is not None:
+            raise problem from None
+        raise
 
 
 class WorkersDisagree(RuntimeError):
@@ -222,20 +228,25 @@ def _already_done(settings: Settings, resume: Position) -> str | None:
             "raise VIDTRAIN_EPOCHS to train on")
 
 
-def _train(settings, splits, metrics, stop, world, resume, current, progress, events) -> int:
-    from vidtrain.train import train
+def _train(settings, splits, metrics, stop, world, resume, current, progress, events, indexing) -> int:
+    from vidtrain.train import final_evaluation, train, worker_share
 
     out = settings.output_dir
     if world.chief:
         Checkpointer(out / "checkpoints").remove_stale()
         write_json_atomic(out / CLASSES_FILE, splits.class_names)
-    outcome = train(settings, splits, metrics, stop, world, resume, current, progress, events)
+    outcome = train(settings, splits, metrics, stop, world, resume, current, progress, events,
+                    data_problem=indexing.problem if indexing is not None else None)
     if outcome.stopped:
         world.leave()
         log.info("stopped; the next run with VIDTRAIN_OUTPUT_DIR=%s resumes", out)
         return 128 + (stop.signum or signal.SIGTERM)
-    if world.chief:  # the chief writes model and reports and pushes the outcome; the others' share: workers/
-        _finish_training(settings, splits, metrics, outcome)
+    final = final_evaluation(settings, splits, metrics, outcome, world)  # every worker its shard of videos
+    shares = world.gather_json(worker_share(settings, metrics, outcome, world))
+    if world.chief:  # the chief writes model and reports and pushes the outcome
+        if (problem := indexing.wait()) is not None:  # the index is complete before the report is written
+            raise problem
+        _finish_training(settings, splits, metrics, outcome, final, shares)
         Checkpointer(out / "checkpoints").mark_finished()
     # The other workers wait for the chief's final outputs: a chief replaced while writing them finds
     # its peers still there to restart with (Kubernetes recreates failed pods, not finished ones).
@@ -246,31 +257,28 @@ def _train(settings, splits, metrics, stop, world, resume, current, progress, ev
     return EXIT_OK
 
 
-def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, outcome) -> None:
-    """Final evaluation, model.keras, curves and report.json (the chief only)."""
-    from vidtrain.train import sequences
-
+def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, outcome, final: dict,
+                     shares: list[dict]) -> None:
+    """model.keras, the export, curves, report.json and, with several workers, workers/worker-<i>.json
+    (the chief only); `final` is the final evaluation, `shares` what each worker did (train.worker_share)."""
     out = settings.output_dir
-    final = outcome.last_val
-    if final is None or settings.eval_clips > 1 or settings.eval_crops > 1:  # nothing validated in this run
-        # (resumed after the last epoch), or the final evaluation takes several views per video where each
-        # epoch's took one
-        _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips,
-                               eval_crops=settings.eval_crops)
-        final = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
-                                metrics.loader("val"), predict=lambda x: outcome.model(x, training=False))
     report.write_history(out, outcome.history)
     write_atomic(out / "model.keras", outcome.model.save)
     export_saved_model(outcome.model, out, splits.class_names, settings.sampling, settings.resize)
     report.plot_curves(out, outcome.history)
+    if len(shares) > 1:
+        for share in shares:
+            write_json_atomic(_worker_file(out, share["worker"]), share | {
+                "clips": [path for path, _ in splits.train[share["worker"]::len(shares)]]})
     wait = metrics.total("vidtrain_data_wait_seconds_sum")
     seconds = max(outcome.seconds, 1e-9)
     scores = report.final_scores(final, splits.class_names)
     scores["final"] |= {f"train_{k}": v[-1] for k, v in outcome.history.items() if not k.startswith("val_")}
     report.plot_confusion(out / "confusion_matrix.png", final["confusion_matrix"], splits.class_names)
+    skipped = splits.skipped + [Skipped(**s) for share in shares for s in share["skipped"]]
     report.write_report(out, {
         "mode": "train", "settings": settings.redacted(), "dataset": _counts(splits),
-        "skipped": [vars(s) for s in splits.skipped + outcome.skipped],
+        "skipped": _skipped(skipped),
         "resumed_from": outcome.resumed_from, "epochs_completed": len(outcome.history.get("loss", [])),
         "throughput": {"clips_trained": outcome.clips_trained,
                        "train_batches": int(metrics.total("vidtrain_batches_total", split="train")),
@@ -279,11 +287,17 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
                        "clips_per_second": round(outcome.clips_trained / seconds, 2),
                        "step_seconds": round(metrics.total("vidtrain_train_step_seconds_sum"), 2),
                        "data_wait_seconds": round(wait, 2),
-                       "data_wait_share": round(wait / seconds, 4)},
+                       "data_wait_share": round(wait / seconds, 4),
+                       "workers": [{k: share[k] for k in ("worker", "train_clips", "val_clips")} for share in shares]},
         **scores,
     })
     _succeed(settings, metrics, {"val_accuracy": final["accuracy"], "val_loss": final["loss"]})
     log.info("done: val accuracy %.3f; outputs in %s", final["accuracy"], out.resolve())
+
+
+def _worker_file(out: Path, index: int) -> Path:
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+    return out / "workers" / f"worker-{index}.json"
 
 
 def _succeed(settings: Settings, metrics: JobMetrics, final: dict) -> None:
@@ -292,7 +306,16 @@ def _succeed(settings: Settings, metrics: JobMetrics, final: dict) -> None:
         push_outcome(settings.pushgateway_url.get_secret_value(), "vidtrain", final)
 
 
+def _skipped(skipped: list) -> list[dict]:
+    """Each left-out clip once, with the first reason found (the probe's before a decode's)."""
+    first: dict[str, dict] = {}
+    for s in skipped:
+        first.setdefault(s.path, vars(s))
+    return list(first.values())
+
+
 def _counts(splits: Splits) -> dict:
+    """Listed clips per split and class, and how many of them the index's probe left out."""
     per_class = {name: {"train": 0, "val": 0} for name in splits.class_names}
     for split, items in (("train", splits.train), ("val", splits.val)):
         for _, label in items:
@@ -328,18 +351,18 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
     from vidtrain.train import sequences
 
     model, class_names, settings = _load_model(settings)
-    splits = _prepare(settings, progress, metrics)
+    splits = _prepare(settings, pinned=True)
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
     _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips,
                            eval_crops=settings.eval_crops)
-    final = report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches,
-                            metrics.loader("val"))
+    final = report.scores_of(report.evaluate(model, val_seq, settings.loader_workers, settings.prefetch_batches,
+                                             metrics.loader("val")), val_seq.views_per_video, val_seq.crops)
     report.plot_confusion(settings.output_dir / "evaluation_confusion_matrix.png", final["confusion_matrix"],
                           class_names)
     report.write_report(settings.output_dir, {
         "mode": "evaluate", "settings": settings.redacted(), "dataset": _counts(splits),
-        "skipped": [vars(s) for s in splits.skipped + val_seq.skipped],
+        "skipped": _skipped(splits.skipped + val_seq.skipped),
         **report.final_scores(final, class_names),
     })
     metrics.loss.labels("val").set(final["loss"])

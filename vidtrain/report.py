@@ -14,12 +14,16 @@ from loader.atomic import write_atomic, write_json_atomic
 
 
 def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=None, stop_when=None,
-             on_batch=None) -> dict | None:
-    """`scores` of `model` over every batch of `sequence` (one pass; several clips per video when
-    the sequence has clips_per_video > 1). `predict(x) -> logits` defaults to
-    `model.predict_on_batch`; `metrics` are the loader's hooks. `on_batch(b)` is called after batch
-    b (1-based); once `stop_when()` is true the pass ends and None is returned (a job being
-    stopped should not sit through a whole validation)."""
+             on_batch=None, num_classes: int | None = None) -> np.ndarray | None:
+    """The `tally` of `model` over every batch of `sequence` (one pass; several views per video when
+    it has clips_per_video or crops > 1): sums that add up over the shards of several workers, and
+    `scores_of` turns into scores. `predict(x) -> logits` defaults to `model.predict_on_batch`;
+    `metrics` are the loader's hooks. `on_batch(b)` is called after batch b (1-based); once
+    `stop_when()` is true the pass ends and None is returned (a job being stopped should not sit
+    through a whole validation). `sequence` None (a worker whose shard is empty) tallies nothing."""
+    num_classes = num_classes or int(model.output_shape[-1])
+    if sequence is None:
+        return tally(np.zeros((0, num_classes)), np.zeros(0, np.int64))
     predict = predict or model.predict_on_batch
     logits, labels = [], []
     with PrefetchGenerator(sequence, workers, depth, metrics=metrics) as batches:
@@ -30,48 +34,66 @@ def evaluate(model, sequence, workers: int, depth: int, metrics=None, predict=No
                 on_batch(b)
             if stop_when is not None and stop_when():
                 return None
-    # A clip that failed to decode mid-pass had its slots filled by the next clip's frames: score
+    # A clip that failed to decode mid-pass had its slots filled by another clip's frames: score
     # without it (it is reported as skipped) rather than count another clip twice under its name.
     failed = {s.path for s in sequence.failed}
     kept = np.array([path not in failed for path, _ in sequence.items])
-    return scores(np.concatenate(logits), np.concatenate(labels), sequence.views_per_video, kept) | {
-        "clips_per_video": sequence.clips_per_video, "crops": sequence.crops}
+    return tally(np.concatenate(logits), np.concatenate(labels), sequence.views_per_video, kept)
 
 
-def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kept: np.ndarray | None = None) -> dict:
-    """Clip- and video-level scores of `logits` [views, classes] against `labels`, where each
-    video's clips_per_video views (clips, or clips x crops) are consecutive: the video's prediction
-    is the mean of its views' softmax. `accuracy` is the video-level top-1; the confusion matrix
-    (rows: true class) and the per-class table are video-level too. `kept` (one bool per video)
-    leaves videos out."""
-    if kept is not None:
-        entries = np.repeat(kept, clips_per_video)
-        logits, labels = logits[entries], labels[entries]
+# The layout of a tally: these sums, then the video-level confusion matrix (rows: true class).
+TALLY = ("loss_sum", "clips", "clip_hits", "videos", "top_k_hits")
+
+
+def tally(logits: np.ndarray, labels: np.ndarray, views: int = 1, kept: np.ndarray | None = None) -> np.ndarray:
+    """Sums of `logits` [entries, classes] against `labels` from which every score follows, where
+    each video's `views` entries (clips, or clips x crops) are consecutive and the video's
+    prediction is the mean of its views' softmax: the loss summed over clips, clips, clips right,
+    videos, videos whose class is among the top 5 (fewer classes: all of them), and the confusion
+    matrix of videos. `kept` (one bool per video) leaves videos out. Tallies of disjoint sets of
+    videos add up to the tally of their union (float64)."""
     num_classes = logits.shape[1]
+    if kept is not None:
+        entries = np.repeat(kept, views)
+        logits, labels = logits[entries], labels[entries]
     log_probs = log_softmax(logits)
     probs = np.exp(log_probs)
-    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
-    video_probs = probs.reshape(-1, clips_per_video, num_classes).mean(axis=1)
-    video_labels = labels[::clips_per_video]
-    predicted = video_probs.argmax(axis=1)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (video_labels, predicted), 1)
-    k = min(5, num_classes)
-    top_k = np.argsort(-video_probs, axis=1, kind="stable")[:, :k]
+    video_probs = probs.reshape(-1, views, num_classes).mean(axis=1)
+    video_labels = labels[::views]
+    confusion = np.zeros((num_classes, num_classes))
+    np.add.at(confusion, (video_labels, video_probs.argmax(axis=1)), 1)
+    top_k = np.argsort(-video_probs, axis=1, kind="stable")[:, :min(5, num_classes)]
+    sums = [-log_probs[np.arange(len(labels)), labels].sum(), len(labels), (probs.argmax(axis=1) == labels).sum(),
+            len(video_labels), (top_k == video_labels[:, None]).any(axis=1).sum()]
+    return np.concatenate([np.asarray(sums, np.float64), confusion.ravel()])
+
+
+def scores_of(sums: np.ndarray, views: int = 1, crops: int = 1) -> dict:
+    """Clip- and video-level scores from a `tally` (of one worker, or summed over all): `accuracy` is
+    the video-level top-1; the confusion matrix and the per-class table are video-level too."""
+    totals = dict(zip(TALLY, sums[:len(TALLY)]))
+    num_classes = int(round(np.sqrt(len(sums) - len(TALLY))))
+    confusion = np.rint(sums[len(TALLY):]).astype(np.int64).reshape(num_classes, num_classes)
     support, claimed, hits = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion)
     recall = np.divide(hits, support, out=np.zeros(num_classes), where=support > 0)
     precision = np.divide(hits, claimed, out=np.zeros(num_classes), where=claimed > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes),
                    where=precision + recall > 0)
-    video_accuracy = float(np.trace(confusion) / len(video_labels))
-    return {"loss": loss, "accuracy": video_accuracy, "clips": len(labels), "videos": len(video_labels),
-            "clips_per_video": clips_per_video,
-            "clip_accuracy": float((probs.argmax(axis=1) == labels).mean()), "video_accuracy": video_accuracy,
-            "top_k": k, "top5_accuracy": float((top_k == video_labels[:, None]).any(axis=1).mean()),
-            "mean_class_accuracy": float(recall[support > 0].mean()),
+    clips, videos = max(totals["clips"], 1), max(totals["videos"], 1)
+    video_accuracy = float(np.trace(confusion) / videos)
+    return {"loss": float(totals["loss_sum"] / clips), "accuracy": video_accuracy, "clips": int(totals["clips"]),
+            "videos": int(totals["videos"]), "clips_per_video": views // crops, "crops": crops,
+            "clip_accuracy": float(totals["clip_hits"] / clips), "video_accuracy": video_accuracy,
+            "top_k": min(5, num_classes), "top5_accuracy": float(totals["top_k_hits"] / videos),
+            "mean_class_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
             "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
                           "support": support.tolist()},
             "confusion_matrix": confusion.tolist()}
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, clips_per_video: int = 1, kept: np.ndarray | None = None) -> dict:
+    """`scores_of` the `tally` of one set of logits."""
+    return scores_of(tally(logits, labels, clips_per_video, kept), clips_per_video)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

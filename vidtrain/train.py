@@ -14,7 +14,7 @@ so nobody uses `fit`). Everything below is decided here and nowhere else:
   workers stop at the same step; BatchNorm statistics are averaged over the
   workers before validation and before a checkpoint;
 - checkpoints: at every epoch's end, before every validation (the epoch
-  "trained, validation pending": a worker killed while the chief validates
+  "trained, validation pending": a worker killed while the workers validate
   loses no training), and mid-epoch every CHECKPOINT_EVERY_S seconds of the
   chief's clock, agreed by all workers at the same step like a stop;
 - the rate: set before every step from the recipe (vidtrain.recipe), so a
@@ -23,7 +23,9 @@ so nobody uses `fit`). Everything below is decided here and nowhere else:
   epoch is recorded;
 - what the metrics mean: `train_step` times the step's compute alone; the
   loader reports data wait per split (vidtrain.metrics).
-The chief (worker 0) alone validates and writes checkpoints and history.
+- validation and the final evaluation: each worker scores its shard of the videos (all views of a
+  video on one worker) and the tallies are summed (report.tally): the scores one process gives.
+The chief (worker 0) alone writes checkpoints, history and the final outputs.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ import numpy as np
 import tensorflow as tf
 
 from loader import FrameCache, PrefetchGenerator, VideoSequence, flip_label_map
-from loader.atomic import write_json_atomic
-from loader.sequence import failure_of
 from models import BACKBONE_LAYER, build_model
 from vidtrain import recipe, report
 from vidtrain.board import Board
@@ -81,6 +81,26 @@ class World:
         """The end of the collective part: peers may exit from here on."""
         if self.watch is not None:
             self.watch.stop()
+
+    def total(self, values: np.ndarray) -> np.ndarray:
+        """`values` (float64) summed over the workers, in one all-reduce (as they are for one worker)."""
+        if self.count == 1:
+            return np.asarray(values, np.float64)
+        with _collectives(self):
+            return _sum(self.strategy, np.asarray(values, np.float64)).numpy()
+
+    def gather_json(self, value) -> list:
+        """Every worker's `value` (JSON), by worker index, in two all-reduces: the lengths, then the bytes,
+        each worker's in its own row of zeros (a sum that adds nothing to any byte)."""
+        data = json.dumps(value).encode()
+        if self.count == 1:
+            return [value]
+        lengths = self.total(np.eye(self.count)[self.index] * len(data)).astype(np.int64)
+        rows = np.zeros((self.count, -(-int(lengths.max()) // 4) * 4), np.uint8)
+        rows[self.index, :len(data)] = np.frombuffer(data, np.uint8)
+        with _collectives(self):
+            summed = _sum(self.strategy, rows.view(np.int32)).numpy().view(np.uint8)
+        return [json.loads(bytes(summed[w, :lengths[w]])) for w in range(self.count)]
 
     def disagreements(self, digests: dict[str, str]) -> list[str]:
         """The names whose digest (hex) is not the same on every worker, in one all-reduce: each
@@ -163,9 +183,11 @@ class Outcome:
 
 
 def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tuple[int, int] = (0, 1),
-              eval_clips: int = 1, eval_crops: int = 1) -> tuple[VideoSequence, VideoSequence]:
-    """The training sequence (of this worker's shard) and the validation sequence (all of it,
-    `eval_clips` test clips per video at the training's time scale, `eval_crops` crops of each)."""
+              eval_clips: int = 1, eval_crops: int = 1) -> tuple[VideoSequence, VideoSequence | None]:
+    """The training and the validation sequence of this worker's shard (every count-th clip; every
+    count-th video for validation, all of its views on this worker): `eval_clips` test clips per
+    video at the training's time scale, `eval_crops` crops of each. A worker with no validation
+    video (fewer videos than workers) has None."""
     cache = FrameCache(settings.cache_dir / "frames", int(settings.frame_cache_gb * 1e9), metrics) \
         if settings.frame_cache_gb > 0 else None
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
@@ -176,7 +198,8 @@ def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tu
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
                           flip_labels=flips, crop=settings.augment_crop, shard=shard, **common)
     val = VideoSequence(splits.val, shuffle=False, sampling=settings.sampling, test_mode=True,
-                        clips_per_video=eval_clips, crops=eval_crops, **common)
+                        clips_per_video=eval_clips, crops=eval_crops, shard=shard, **common) \
+        if splits.val[shard[0]::shard[1]] else None
     return train, val
 
 
@@ -320,8 +343,10 @@ class _Ops:
 
 def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopRequest, world: World,
           resume: Position | None, fingerprint: dict, progress: bool = False,
-          events: LoopEvents | None = None) -> Outcome:
-    """Train from `resume` (or from scratch) to settings.epochs, or until a stop is agreed."""
+          events: LoopEvents | None = None, data_problem=None) -> Outcome:
+    """Train from `resume` (or from scratch) to settings.epochs, or until a stop is agreed.
+    `data_problem()` (the index's probe, running meanwhile) returns an error that ends training at
+    the next step, or None."""
     events = events or LoopEvents()
     keras.utils.set_random_seed(settings.seed)
     train_seq, val_seq = sequences(settings, splits, metrics, shard=(world.index, world.count))
@@ -340,15 +365,16 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     ops = _Ops(world, model, len(splits.class_names), settings.label_smoothing)
     checkpointer = Checkpointer(settings.output_dir / "checkpoints")
     loop = _Loop(settings, metrics, stop, world, model, ops, events, steps, len(splits.train), fingerprint,
-                 checkpointer, (train_seq, val_seq))
+                 checkpointer, (train_seq, val_seq), data_problem or (lambda: None))
     began = time.perf_counter()
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
     first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
     train_seq.set_epoch(first_epoch)
     if resume:  # clips that failed before the stop: reported, and this epoch's replaced as they were
         failed = checkpointer.failures(resume, world.index)
-        train_seq.restore_failures(failed)
-        val_seq.restore_failures(failed)
+        for seq in (train_seq, val_seq):
+            if seq is not None:
+                seq.restore_failures(failed)
     remaining = max((settings.epochs - first_epoch) * len(train_seq) - first_step, 0)
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
                            start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
@@ -357,25 +383,49 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
                 pos, stopped = loop.run(pos, batches, train_seq, val_seq, progress)
         finally:
             loop.close()
-    skipped = train_seq.skipped + val_seq.skipped
-    if world.count > 1:
-        _record_worker(settings.output_dir, world.index, train_seq, model)
-        if world.chief and not stopped and pos.epoch > first_epoch:
-            # Every worker wrote its failures before validating the last epoch, then met the chief in a
-            # collective: the files are complete.
-            last = replace(pos, epoch=pos.epoch - 1, step=steps)
-            skipped += [failure_of(r)[1] for w in range(1, world.count) for r in checkpointer.failures(last, w)]
+    skipped = train_seq.skipped + (val_seq.skipped if val_seq is not None else [])
     resumed = None if resume is None else {"epoch": resume.epoch, "step": resume.step, "clips": resume.clips}
     return Outcome(model, pos.history, stopped, resumed, time.perf_counter() - began, loop.clips_trained,
                    skipped, loop.last_val)
+
+
+def final_evaluation(settings: Settings, splits: Splits, metrics: JobMetrics, outcome: Outcome,
+                     world: World) -> dict:
+    """The trained model's scores on the validation set: the last epoch's validation, or, where the
+    final evaluation takes several views per video (EVAL_CLIPS, EVAL_CROPS) or none was made in this
+    run (resumed after the last epoch), a pass of its own, sharded over the workers like validation
+    and summed: the scores a single process gives. Every worker calls it (collectives)."""
+    if outcome.last_val is not None and settings.eval_clips == 1 and settings.eval_crops == 1:
+        return outcome.last_val
+    _, val_seq = sequences(settings, splits, metrics, shard=(world.index, world.count),
+                           eval_clips=settings.eval_clips, eval_crops=settings.eval_crops)
+    with _collectives(world):
+        sums = report.evaluate(outcome.model, val_seq, settings.loader_workers, settings.prefetch_batches,
+                               metrics.loader("val"), predict=lambda x: outcome.model(x, training=False),
+                               num_classes=len(splits.class_names))
+    if val_seq is not None:
+        outcome.skipped += [s for s in val_seq.skipped if s not in outcome.skipped]
+    return report.scores_of(world.total(sums), settings.eval_clips * settings.eval_crops, settings.eval_crops)
+
+
+def worker_share(settings: Settings, metrics: JobMetrics, outcome: Outcome, world: World) -> dict:
+    """What this worker did, for the chief's report (World.gather_json): the clips it loaded for
+    training and for validation and evaluation, the clips that failed on it, and its final weights'
+    digests (equal on every worker)."""
+    return {"worker": world.index, "train_clips": int(metrics.total("vidtrain_clips_total", split="train")),
+            "val_clips": int(metrics.total("vidtrain_clips_total", split="val")),
+            "skipped": [vars(s) for s in outcome.skipped],
+            "trainable_sha256": weights_digest(outcome.model.trainable_variables),
+            "non_trainable_sha256": weights_digest(outcome.model.non_trainable_variables)}
 
 
 class _Loop:
     """The epoch and step loop of `train`; holds what every part of one run shares."""
 
     def __init__(self, settings, metrics, stop, world, model, ops, events, steps, clips, fingerprint, checkpointer,
-                 sequences):
+                 sequences, data_problem):
         self.settings, self.metrics, self.stop, self.world = settings, metrics, stop, world
+        self.data_problem = data_problem
         self.model, self.ops, self.events, self.steps, self.clips = model, ops, events, steps, clips
         self.fingerprint, self.checkpointer, self.sequences = fingerprint, checkpointer, sequences
         self._saved_at: tuple[int, int] | None = None  # the position last checkpointed
@@ -410,10 +460,11 @@ class _Loop:
                     bar.update(pos.step, finalize=True)  # the line ends where the epoch stopped
                 self._save(pos)
                 return pos, True
-            self._save(pos)  # trained, validation pending: a kill while the chief validates loses no training
-            val = self._validate(pos.epoch, val_seq) if self.world.chief else None
-            stop_any, val_missing = self.ops.agree(np.float32([self.stop.requested,
-                                                               self.world.chief and val is None])).numpy()
+            self._save(pos)  # trained, validation pending: a kill while the workers validate loses no training
+            sums = self._validate(pos.epoch, val_seq)
+            stop_any, val_missing = self.ops.agree(np.float32([self.stop.requested, sums is None])).numpy()
+            if not val_missing:  # every worker's shard validated: the scores of the whole set
+                val = report.scores_of(self.world.total(sums))
             if stop_any:  # agreed, and no collective follows (as above)
                 self.world.leave()
             if not val_missing:
@@ -428,6 +479,8 @@ class _Loop:
         sums, step, halted = np.array(pos.sums, np.float64), pos.step, False
         pad = None
         while step < self.steps and not halted:
+            if (problem := self.data_problem()) is not None:
+                raise problem
             if step == self.first_pad:
                 self.ops.sync_statistics()
             self._set_rate(pos, step)
@@ -468,13 +521,16 @@ class _Loop:
             self.model.optimizer.learning_rate.assign(rate)
             self._rate = rate
 
-    def _validate(self, epoch: int, val_seq) -> dict | None:
-        """The chief's validation of the epoch; None when a stop request cut it short."""
-        val_seq.set_epoch(epoch)  # a clip that failed in an earlier validation is tried again
+    def _validate(self, epoch: int, val_seq) -> np.ndarray | None:
+        """This worker's validation of the epoch: the tally of its shard (report.tally); None when a stop
+        request cut it short."""
+        if val_seq is not None:
+            val_seq.set_epoch(epoch)  # a clip that failed in an earlier validation is tried again
         return report.evaluate(self.model, val_seq, self.settings.loader_workers, self.settings.prefetch_batches,
                                self.metrics.loader("val"), predict=self.ops.predict,
                                stop_when=lambda: self.stop.requested,
-                               on_batch=lambda b: self.events.after_val_batch(epoch, b))
+                               on_batch=lambda b: self.events.after_val_batch(epoch, b),
+                               num_classes=self.ops.loss_args[0])
 
     def _complete_epoch(self, pos: Position, val: dict | None, bar) -> Position:
         loss, hits, clips = pos.sums
@@ -520,7 +576,7 @@ class _Loop:
         (random states, fingerprint, settings); every worker writes the clips that failed on it."""
         if self._saved_at == (pos.epoch, pos.step):
             return
-        failed = [record for seq in self.sequences for record in seq.failure_records()]
+        failed = [record for seq in self.sequences if seq is not None for record in seq.failure_records()]
         self.checkpointer.save_failures(pos, self.world.index, failed)
         if self.world.chief:
             rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
@@ -544,13 +600,3 @@ def weights_digest(variables) -> str:
     for variable in variables:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
     return digest.hexdigest()
-
-
-def _record_worker(out, index: int, train_seq, model) -> None:
-    """workers/worker-<i>.json: the clips this worker trained on and its final weights' digest."""
-    folder = out / "workers"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / f"worker-{index}.json", {
-        "index": index, "clips": [path for path, _ in train_seq.items],
-        "trainable_sha256": weights_digest(model.trainable_variables),
-        "non_trainable_sha256": weights_digest(model.non_trainable_variables)})
