@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import av
 import decord
@@ -249,21 +249,55 @@ _PADDED_WIDTHS: set[int] = set()
 
 def _decode_video(path: str, sample, size: tuple[int, int] | None, device: str):
     reader = _open_video(path, size, device)
-    unique, inverse = _unique(sample(len(reader)))
+    try:
+        unique, inverse = _unique(sample(len(reader)))
+        return _batch(path, reader, unique, size), inverse
+    finally:
+        del reader
+
+
+def _batch(path: str, reader: decord.VideoReader, indices: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Frames `indices` of an open reader as uint8 [T, H, W, 3]."""
     width = size[1] if size else None
     try:
         if width not in _PADDED_WIDTHS:
             try:
-                return reader.get_batch(unique.tolist()).asnumpy(), inverse
+                return reader.get_batch(indices.tolist()).asnumpy()
             except decord.DECORDError as exc:
                 if "size must exactly match" not in str(exc):
                     raise
                 _PADDED_WIDTHS.add(width)
-        return np.stack([_unpad(reader[int(i)].asnumpy()) for i in unique]), inverse
+        return np.stack([_unpad(reader[int(i)].asnumpy()) for i in indices])
     except (decord.DECORDError, RuntimeError, IndexError) as exc:
         raise DecodeError(path, _short(exc)) from exc
-    finally:
-        del reader
+
+
+def frame_size(path: str | os.PathLike, template: str | None = None) -> tuple[int, int]:
+    """(height, width) of a clip's frames, from the container's header or the first frame image's."""
+    path = str(path)
+    if os.path.isdir(path):
+        return _in_folder(path, _image_size, _frame_files_or_empty(path, template)[0])
+    if not os.path.exists(path):
+        raise DecodeError(path, "file not found", "missing")
+    return _stream(path)[1:]
+
+
+def iter_frames(path: str | os.PathLike, size: tuple[int, int], template: str | None = None,
+                chunk: int = 32) -> tuple[Iterator[np.ndarray], float | None]:
+    """Every frame of a clip, in order, resized to `size` at decode, `chunk` frames at a time (memory
+    stays flat whatever the clip's length), and its average frame rate (None for a frame folder)."""
+    path = str(path)
+    if os.path.isdir(path):
+        files = _frame_files_or_empty(path, template)
+        return (np.stack([_in_folder(path, _read_image, f, size) for f in files[i:i + chunk]])
+                for i in range(0, len(files), chunk)), None
+    if not os.path.exists(path):
+        raise DecodeError(path, "file not found", "missing")
+    reader = _open_video(path, size, "cpu")
+    if len(reader) < 1:
+        raise DecodeError(path, "no video frames", "empty")
+    return (_batch(path, reader, np.arange(i, min(i + chunk, len(reader))), size)
+            for i in range(0, len(reader), chunk)), reader.get_avg_fps()
 
 
 def _unpad(frame: np.ndarray) -> np.ndarray:

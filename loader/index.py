@@ -215,7 +215,7 @@ def probe(items: list[Item], workers: int = 16, progress: bool = True, timeout: 
     known = known or {}
     todo = list(dict.fromkeys(path for path, _ in items if path not in known))
     outcomes: dict[str, int | DecodeError] = {path: frames for path, frames in known.items()}
-    reporter = _Progress(len(todo), progress, metrics or NullIndexMetrics())
+    reporter = Progress(len(todo), progress, (metrics or NullIndexMetrics()).set_index_progress)
     try:
         for path, frames, error in map_bounded(lambda p: count_frames(p, check == "decode", template), todo,
                                                workers, timeout, stop_when):
@@ -248,18 +248,19 @@ def _as_decode_error(path: str, error: BaseException, timeout: float | None) -> 
     return DecodeError(path, f"cannot be read ({type(error).__name__}: {error})")  # a decoder's own error
 
 
-class _Progress:
-    """Probe progress: a tqdm bar on a terminal, else a log line every PROGRESS_EVERY_S seconds
-    (done/total, rate, time left); always the index metric."""
+class Progress:
+    """Progress through `total` clips: a tqdm bar on a terminal, else a log line every
+    PROGRESS_EVERY_S seconds (done/total, rate, time left); always `report(done, total)` (a metric).
+    `doing` and `done_verb` name the work in the lines ("indexing", "indexed")."""
 
-    def __init__(self, total: int, terminal: bool, metrics):
-        self.total, self.done, self.metrics = total, 0, metrics
+    def __init__(self, total: int, terminal: bool, report, doing: str = "indexing", done_verb: str = "indexed"):
+        self.total, self.done, self.report, self.doing, self.done_verb = total, 0, report, doing, done_verb
         self.began = self.logged = time.monotonic()
-        self.bar = tqdm(total=total, desc="indexing clips", unit="clip", file=sys.stderr, mininterval=1.0) \
+        self.bar = tqdm(total=total, desc=f"{doing} clips", unit="clip", file=sys.stderr, mininterval=1.0) \
             if terminal and total else None
-        metrics.set_index_progress(0, total)
+        report(0, total)
         if total and not terminal:
-            log.info("indexing %d clips", total)
+            log.info("%s %d clips", doing, total)
 
     def advance(self) -> None:
         self.done += 1
@@ -267,20 +268,21 @@ class _Progress:
             self.bar.update()
         now = time.monotonic()
         if now - self.logged >= PROGRESS_EVERY_S or self.done == self.total:
-            self.metrics.set_index_progress(self.done, self.total)
+            self.report(self.done, self.total)
             if self.bar is None and self.done < self.total:
                 rate = self.done / max(now - self.began, 1e-9)
-                log.info("indexing: %d / %d clips (%.0f/s, about %.0f s left)", self.done, self.total, rate,
+                log.info("%s: %d / %d clips (%.1f/s, about %.0f s left)", self.doing, self.done, self.total, rate,
                          (self.total - self.done) / max(rate, 1e-9))
             self.logged = now
 
     def close(self) -> None:
-        self.metrics.set_index_progress(self.done, self.total)
+        self.report(self.done, self.total)
         if self.bar is not None:
             self.bar.close()
         if self.total and self.done == self.total:
             seconds = time.monotonic() - self.began
-            log.info("indexed %d clips in %.1f s (%.0f/s)", self.total, seconds, self.total / max(seconds, 1e-9))
+            log.info("%s %d clips in %.1f s (%.1f/s)", self.done_verb, self.total, seconds,
+                     self.total / max(seconds, 1e-9))
 
 
 # -- the stored index ------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ CASES = [  # (settings, variable named in the error, text expected in the messag
     ({"metrics_port": "70000"}, "VIDTRAIN_METRICS_PORT", "<= 65535"),
     ({"metrics_addr": "not-an-ip"}, "VIDTRAIN_METRICS_ADDR", "IPv4 or IPv6"),
     ({"model": "resnet"}, "VIDTRAIN_MODEL", "'conv3d', 'cnn_rnn', 'r2plus1d', 'tsn' or 'tsm'"),
-    ({"mode": "serve"}, "VIDTRAIN_MODE", "'train', 'evaluate' or 'predict'"),
+    ({"mode": "serve"}, "VIDTRAIN_MODE", "'train', 'evaluate', 'predict' or 'prepare'"),
     ({"decode_device": "tpu"}, "VIDTRAIN_DECODE_DEVICE", "'cpu' or 'gpu'"),
     ({"on_bad_video": "ignore"}, "VIDTRAIN_ON_BAD_VIDEO", "'skip' or 'fail'"),
     ({"sampling": "dense"}, "VIDTRAIN_SAMPLING", "'uniform', 'random' or 'stride'"),

@@ -75,6 +75,10 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
             check_memory(settings)
             if settings.mode == "train":
                 return train_mode(settings, metrics, progress, stop, events)
+            if settings.mode == "prepare":
+                from vidtrain.prepare import prepare_mode
+
+                return prepare_mode(settings, metrics, progress)
             return {"evaluate": evaluate_mode, "predict": predict_mode}[settings.mode](settings, metrics, progress)
     except (Stopped, ProbeInterrupted):
         log.info("stopped before training began")

@@ -55,6 +55,8 @@ class JobMetrics:
                                      registry=registry)
         self.index_clips = Gauge("vidtrain_index_clips", "Dataset indexing: clips probed (done) of those to probe "
                                  "(total).", ["state"], registry=registry)
+        self.prepare_clips = Gauge("vidtrain_prepare_clips", "Training copy (MODE=prepare): clips done (done) of "
+                                   "those listed (total).", ["state"], registry=registry)
         self.epoch = Gauge("vidtrain_epoch", "Epochs completed.", registry=registry)
         self.loss = Gauge("vidtrain_loss", "Loss at the end of the last epoch.", ["split"], registry=registry)
         self.accuracy = Gauge("vidtrain_accuracy", "Accuracy at the end of the last epoch.", ["split"],
@@ -87,6 +89,10 @@ class JobMetrics:
     def set_index_progress(self, done: int, total: int) -> None:
         self.index_clips.labels("done").set(done)
         self.index_clips.labels("total").set(total)
+
+    def set_prepare_progress(self, done: int, total: int) -> None:
+        self.prepare_clips.labels("done").set(done)
+        self.prepare_clips.labels("total").set(total)
 
     # -- readings for the report ----------------------------------------------------------
     def total(self, sample: str, **labels) -> float:

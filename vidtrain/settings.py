@@ -67,9 +67,14 @@ class Settings(BaseSettings):
                                                      "header, or also its last frame decoded")
     reindex: bool = Field(False, description="probe every clip again and rewrite the dataset index")
     # -- job -------------------------------------------------------------------------
-    mode: Literal["train", "evaluate", "predict"] = Field("train", description="what the job does")
+    mode: Literal["train", "evaluate", "predict", "prepare"] = Field("train", description="what the job does "
+                                                                     "(prepare: a training copy of the clips)")
     output_dir: Path = Field(Path("output"), description="model, checkpoints, reports")
     predict_input: Path | None = Field(None, description="predict mode: a clip, a folder of clips, or a CSV")
+    prepare_dir: Path | None = Field(None, description="prepare mode: where the training copy of every listed clip "
+                                     "and its train.csv and val.csv go")
+    prepare_short_side: int = Field(256, ge=32, le=4096, description="prepare mode: the copy's short side in pixels "
+                                    "(never enlarged; 256 leaves room for crops up to 224)")
     model: Literal[MODELS] = Field("conv3d", description="model architecture")
     rnn_cell: Literal["gru", "lstm"] = Field("gru", description="recurrent cell of cnn_rnn")
     backbone: Literal[tuple(BACKBONES)] = Field("mobilenet_v3_small", description="tsn and tsm: the per-frame "
@@ -171,6 +176,10 @@ class Settings(BaseSettings):
             problems.append(("warmup_epochs", f"{self.warmup_epochs:g} warm-up epochs of {self.epochs} in all"))
         if self.mode == "predict" and self.predict_input is None:
             problems.append(("predict_input", "predict mode needs PREDICT_INPUT (a clip, folder or CSV)"))
+        if self.mode == "prepare" and self.prepare_dir is None:
+            problems.append(("prepare_dir", "prepare mode needs PREPARE_DIR (where the copy goes)"))
+        if self.prepare_dir is not None and (problem := _writable(self.prepare_dir)):
+            problems.append(("prepare_dir", problem))
         if self.predict_input is not None and not self.predict_input.exists():
             problems.append(("predict_input", f"{self.predict_input} does not exist"))
         if self.pushgateway_url is not None:
@@ -291,7 +300,8 @@ def _unknown(name: str, known: set[str]) -> str:
 GROUPS = {
     "data": ("data_dir", "train_manifest", "val_manifest", "video_root", "val_fraction", "frame_template",
              "cache_dir", "frame_cache_gb", "demo_clips_per_class", "index_workers", "index_check", "reindex"),
-    "job": ("mode", "output_dir", "predict_input", "epochs", "seed", "checkpoint_every_s"),
+    "job": ("mode", "output_dir", "predict_input", "prepare_dir", "prepare_short_side", "epochs", "seed",
+            "checkpoint_every_s"),
     "model and clips": ("model", "rnn_cell", "backbone", "backbone_weights", "pretrained_weights", "frames", "height",
                         "width", "resize", "sampling", "eval_clips", "eval_crops"),
     "training recipe": ("batch_size", "learning_rate", "lr_schedule", "warmup_epochs", "weight_decay",
