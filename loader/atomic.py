@@ -29,8 +29,9 @@ def write_atomic(path: str | os.PathLike, write, tag: str = "") -> None:
     `path` is left as it was, and OutputError names the file and the space left. `tag` (no "-" in
     it) starts the temporary file's name, after TEMP_PREFIX: who is writing."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{tag + '-' if tag else ''}{path.stem}-",
-                               suffix=path.suffix)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix  # what Keras asks of it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{tag + '-' if tag else ''}"
+                               f"{path.name[:len(path.name) - len(suffix)]}-", suffix=suffix)
     os.close(fd)
     try:
         write(Path(tmp))

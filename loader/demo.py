@@ -11,6 +11,13 @@ flicker, background objects that move, a second object that wanders through
 every clip, gestures of varied speed (a third to most of the clip) and size, and
 a sixth class that moves without travelling (`wave`, a distractor for the swipes).
 
+The second benchmark set (`variant="second"`) is made differently, to test that what was chosen on
+the first holds beyond it: six other motions (circling clockwise or anticlockwise, coming closer
+or going away, a diagonal slide, a quick tap towards the camera and back), a two-tone hand on
+textured backgrounds (stripes, checks, waves, blotches) under a slow change of light, frames of
+phones and webcams alike (4:3, 16:9 and 9:16 portrait), clips of 16 to 64 frames at 10, 12, 24 or
+30 frames per second, and fewer clips per class, as gesture datasets have.
+
 Everything is seeded: the same seed writes the same bytes.
 """
 
@@ -27,7 +34,8 @@ import numpy as np
 
 DEMO_CLASSES = ("move_down", "move_up", "stop", "swipe_left", "swipe_right")
 HARD_CLASSES = DEMO_CLASSES + ("wave",)
-VARIANTS = {"demo": DEMO_CLASSES, "hard": HARD_CLASSES}
+SECOND_CLASSES = ("circle_ccw", "circle_cw", "closer", "farther", "slide_diagonal", "tap")
+VARIANTS = {"demo": DEMO_CLASSES, "hard": HARD_CLASSES, "second": SECOND_CLASSES}
 # (dx, dy) direction of travel per class.
 _DIRECTIONS = {
     "move_down": (0, 1), "move_up": (0, -1), "stop": (0, 0),
@@ -93,6 +101,75 @@ def render_hard_clip(label: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
+_SECOND_SIZES = ((96, 128), (72, 128), (128, 72), (120, 160), (90, 160))  # 4:3, 16:9, 9:16 portrait
+_SECOND_RATES = (10, 12, 24, 30)
+
+
+def render_second_clip(label: str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Frames uint8 [T, H, W, 3] of one second-set clip of class `label`, and its frame rate (see the
+    module docstring)."""
+    h, w = _SECOND_SIZES[rng.integers(len(_SECOND_SIZES))]
+    t, fps = int(rng.integers(16, 65)), int(_SECOND_RATES[rng.integers(len(_SECOND_RATES))])
+    background = _texture(h, w, rng)
+    side = min(h, w)
+    begin = rng.uniform(0, 0.3)
+    length = rng.uniform(0.4, 1.0 - begin)
+    p = np.clip((np.arange(t) / max(t - 1, 1) - begin) / length, 0, 1)  # the gesture's progress, 0 to 1
+    cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h
+    r0 = rng.uniform(0.1, 0.16) * side
+    xs, ys, rs = np.full(t, cx), np.full(t, cy), np.full(t, r0)
+    if label.startswith("circle"):
+        turn = (1 if label == "circle_cw" else -1) * 2 * np.pi * rng.uniform(0.8, 1.2)
+        phase, orbit = rng.uniform(0, 2 * np.pi), rng.uniform(0.18, 0.26) * side
+        xs, ys = cx + orbit * np.cos(phase + turn * p), cy + orbit * np.sin(phase + turn * p)
+    elif label in ("closer", "farther"):
+        grow = rng.uniform(1.8, 2.5)
+        rs = r0 * (1 + (grow - 1) * (p if label == "closer" else 1 - p))
+    elif label == "slide_diagonal":
+        sx, sy = rng.choice([-1, 1], 2)
+        reach = rng.uniform(0.2, 0.3) * side
+        xs, ys = cx + sx * reach * (2 * p - 1), cy + sy * reach * (2 * p - 1)
+    else:  # tap: closer and back, in a short part of the clip
+        rs = r0 * (1 + rng.uniform(0.7, 1.2) * np.sin(np.pi * p) ** 2)
+    jitter = rng.normal(0, 0.5, (2, t))
+    xs, ys = xs + jitter[0], ys + jitter[1]
+    palm, fingers = np.array([rng.uniform(150, 230), rng.uniform(100, 170), rng.uniform(80, 140)]), \
+        np.array([rng.uniform(90, 160), rng.uniform(60, 120), rng.uniform(40, 100)])
+    light = 1 + rng.uniform(-0.25, 0.25) * np.linspace(0, 1, t)  # a slow change of light
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.empty((t, h, w, 3))
+    for k in range(t):
+        canvas = background.copy()
+        d2 = (xx - xs[k]) ** 2 + (yy - ys[k]) ** 2
+        canvas[d2 <= rs[k] ** 2] = fingers
+        canvas[d2 <= (0.6 * rs[k]) ** 2] = palm
+        frames[k] = canvas * light[k]
+    frames += rng.normal(0, rng.uniform(2, 6), frames.shape)
+    return np.clip(frames, 0, 255).astype(np.uint8), fps
+
+
+def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A textured background: stripes, checks, waves or soft blotches, in two colours."""
+    a, b = rng.uniform(0, 255, (2, 3))
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    kind = int(rng.integers(4))
+    period = rng.uniform(6, 24)
+    if kind == 0:
+        angle = rng.uniform(0, np.pi)
+        mix = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0).astype(float)
+    elif kind == 1:
+        mix = ((xx // period + yy // period) % 2).astype(float)
+    elif kind == 2:
+        mix = 0.5 + 0.5 * np.sin(xx * 2 * np.pi / period) * np.cos(yy * 2 * np.pi / (1.7 * period))
+    else:
+        mix = np.zeros((h, w))
+        for _ in range(int(rng.integers(4, 9))):
+            y0, x0, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.1, 0.3) * min(h, w)
+            mix += np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * r ** 2))
+        mix = np.clip(mix, 0, 1)
+    return a + (b - a) * mix[..., None]
+
+
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     a, b = rng.uniform(0, 255, (2, 3))
     ramp = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
@@ -141,8 +218,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, code
 
 def make_demo_dataset(root: str | os.PathLike, train_per_class: int = 40, val_per_class: int = 12,
                       seed: int = 0, variant: str = "demo") -> Path:
-    """Write `root/{train,val}/<class>/*.mp4` once (`variant`: "demo", or "hard" for the benchmark
-    set); reuse it when already complete.
+    """Write `root/{train,val}/<class>/*.mp4` once (`variant`: "demo", "hard" for the benchmark set,
+    "second" for the second benchmark set); reuse it when already complete.
 
     Written into a temporary sibling then renamed, so a killed run never leaves
     a half-written dataset that a later run would take for complete.
@@ -159,12 +236,14 @@ def make_demo_dataset(root: str | os.PathLike, train_per_class: int = 40, val_pe
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     rng = np.random.default_rng(seed)
-    render = render_hard_clip if variant == "hard" else render_clip
+    render = {"demo": lambda label, rng: (render_clip(label, rng), 15),
+              "hard": lambda label, rng: (render_hard_clip(label, rng), 15), "second": render_second_clip}[variant]
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         for label in VARIANTS[variant]:
             (tmp / split / label).mkdir(parents=True)
             for k in range(per_class):
-                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", render(label, rng),
+                frames, fps = render(label, rng)
+                write_video(tmp / split / label / f"{label}_{k:03d}.mp4", frames, fps=fps,
                             options=_REPRODUCIBLE_X264)
     (tmp / _MARKER).write_text(json.dumps(params))
     if root.exists():

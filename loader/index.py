@@ -310,6 +310,10 @@ class DatasetIndex:
     val_skipped: list[Skipped] = field(default_factory=list)
     complete: bool = False
     built: float = field(default_factory=time.time)
+    left_out: set[str] = field(default_factory=set, compare=False, repr=False)  # the skipped clips' paths
+
+    def __post_init__(self):
+        self.left_out.update(s.path for s in self.skipped + self.val_skipped)
 
     @property
     def items_sha256(self) -> str:
@@ -317,8 +321,7 @@ class DatasetIndex:
 
     def usable(self, items: list[Item]) -> list[Item]:
         """`items` but those the probe left out."""
-        bad = {s.path for s in self.skipped + self.val_skipped}
-        return [item for item in items if item[0] not in bad]
+        return [item for item in items if item[0] not in self.left_out]
 
     def write(self, folder: str | os.PathLike) -> Path:
         """Write atomically to `folder`/index.json (a reader sees the old index or the new one)."""

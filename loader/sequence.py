@@ -9,7 +9,7 @@ epoch on. The prefetch module owns all threading.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict
 
 import keras
@@ -62,7 +62,8 @@ class VideoSequence(keras.utils.PyDataset):
     replaced like any other bad clip.
     `frame_template` names the RGB frames of frame folders (`loader.decode.frame_files`);
     `frame_counts` (path -> frames, from the dataset index) lets the cache decide whether a clip
-    fits before decoding it whole.
+    fits before decoding it whole; `left_out` (paths the index's probe left out, and reported) are
+    tried like any clip, but their failures are neither logged nor counted again.
     `resize` (loader.geometry): "squash" resizes every frame to `size` whatever its aspect;
     "short_side" keeps the aspect, covers `size` and cuts a `size` window: at a random place in
     training (the same for every frame of a clip), centred in test mode.
@@ -80,7 +81,7 @@ class VideoSequence(keras.utils.PyDataset):
                  shard: tuple[int, int] = (0, 1), metrics=None, cache=None, decode_timeout: float | None = None,
                  clips_per_video: int = 1, crop: bool = False, test_mode: bool = False,
                  frame_template: str | None = None, frame_counts: Mapping[str, int] | None = None,
-                 resize: str = "squash", crops: int = 1, **pydataset_kwargs):
+                 resize: str = "squash", crops: int = 1, left_out: Container[str] = (), **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         _check_args(batch_size, frames, size, sampling, on_bad_video, shard)
         if clips_per_video < 1 or (clips_per_video > 1 and not test_mode):
@@ -100,7 +101,7 @@ class VideoSequence(keras.utils.PyDataset):
         self.on_bad_video, self.device = on_bad_video, device
         self.metrics = metrics or NullLoaderMetrics()
         self.cache, self.decode_timeout, self.frame_template = cache, decode_timeout, frame_template
-        self.frame_counts = frame_counts or {}
+        self.frame_counts, self.left_out = frame_counts or {}, left_out
         # Every failure of this run: path -> (the last epoch it failed in, why). Written by worker threads
         # (dict operations are atomic); this epoch's are left out of it (`_failed`), later epochs try again.
         self._history: dict[str, tuple[int, Skipped]] = {}
@@ -227,6 +228,8 @@ class VideoSequence(keras.utils.PyDataset):
             skipped = Skipped(exc.path, exc.reason, kind)
             self._failed[exc.path] = skipped
             self._history[exc.path] = (self.epoch, skipped)
+            if exc.path in self.left_out:
+                return  # the index reported it
             self.metrics.count_skip(kind)
             log.warning("skipping %s: %s (failed while decoding; another clip takes its place, and it is tried "
                         "again next epoch)", exc.path, exc.reason)

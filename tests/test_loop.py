@@ -259,6 +259,42 @@ def test_more_epochs_after_the_end_begin_a_new_schedule_with_a_warm_up(data, tmp
     assert json.loads((out / "checkpoints" / "state.json").read_text())["schedule_start"] == 2
 
 
+def test_the_best_epochs_model_is_kept_when_asked_and_across_a_resume(data, tmp_path):
+    """FINAL_MODEL=best: model.keras holds the weights of the first epoch with the highest validation
+    accuracy, the report says which, and a run stopped after that epoch keeps the same ones. The last
+    epoch is made to predict one class for every clip (a fifth right), so it is not the best."""
+    import keras
+
+    seen = {}
+
+    def snapshot(epoch):
+        return lambda model: seen.setdefault(epoch, [np.asarray(w).copy() for w in model.weights])
+
+    def one_class(model):
+        logits = model.get_layer("logits")
+        logits.kernel.assign(np.zeros(logits.kernel.shape, np.float32))
+        logits.bias.assign(np.eye(logits.bias.shape[0], dtype=np.float32)[0] * 100)
+
+    events = {f"step {e}.{STEPS}": snapshot(e + 1) for e in range(2)} | {f"step 2.{STEPS}": one_class}
+    whole = tmp_path / "whole"
+    assert job(settings(data, whole, epochs=3, final_model="best"), Recorder(**events))[0] == 0
+    history = json.loads((whole / "history.json").read_text())["val_accuracy"]
+    kept = json.loads((whole / "report.json").read_text())["final_model"]
+    best = int(np.argmax(history)) + 1  # the first of the highest
+    assert kept == {"kept": "best", "epoch": best, "val_accuracy": pytest.approx(history[best - 1])}
+    assert history[2] == pytest.approx(0.2) and (best < 3 or max(history[:2]) < 0.2)
+    weights = [np.asarray(w) for w in keras.models.load_model(whole / "model.keras").weights]
+    if best < 3:
+        assert all(np.array_equal(a, b) for a, b in zip(weights, seen[best], strict=True))
+    resumed = settings(data, tmp_path / "resumed", epochs=3, final_model="best")
+    assert job(resumed, Recorder(**{"step 2.1": sigterm}))[0] == 143
+    assert job(resumed, Recorder(**{f"step 2.{STEPS}": one_class}))[0] == 0
+    resumed = resumed.output_dir
+    assert json.loads((resumed / "report.json").read_text())["final_model"] == kept
+    again = [np.asarray(w) for w in keras.models.load_model(resumed / "model.keras").weights]
+    assert all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(weights, again, strict=True))
+
+
 def test_the_epochs_training_is_checkpointed_before_validation(data, tmp_path):
     """A worker killed (SIGKILL, out of memory) while the chief validates loses no training: the
     checkpoint says "trained, validation pending" before the first validation batch."""

@@ -124,6 +124,21 @@ def test_clip_failing_at_decode_time_is_replaced_counted_and_reported(train_item
         strict[0]
 
 
+def test_a_clip_the_index_left_out_is_replaced_quietly(train_items, tmp_path, caplog):
+    """The probe reported it once (a Kinetics download that never came): each epoch's failed load of it
+    is neither logged nor counted again."""
+    items, _ = train_items
+    local = copies(items[:4], tmp_path)
+    (tmp_path / "2.mp4").unlink()
+    metrics = SkipCounter()
+    seq = VideoSequence(local, 4, 4, (32, 40), metrics=metrics, left_out={local[2][0]})
+    for epoch in range(2):
+        seq.set_epoch(epoch)
+        seq[0]
+        assert [s.path for s in seq.failed] == [local[2][0]]
+    assert metrics.skips == [] and "skipping" not in caplog.text
+
+
 def test_a_failed_clip_is_tried_again_next_epoch(train_items, tmp_path):
     """A flaky file server: the clip fails in epoch 0 and reads again later; epoch 1 trains on it."""
     items, _ = train_items

@@ -54,3 +54,45 @@ def test_the_whole_mount_gone_exits_1_to_be_retried(indexed, caplog):
         clip.unlink()
     assert job(settings(data, out, epochs=2))[0] == 1
     assert "all failed to decode" in caplog.text and "restarts and resumes from the last checkpoint" in caplog.text
+
+
+def test_a_job_that_starts_before_its_data_waits_for_it(tiny_demo, tmp_path):
+    """A training pod scheduled while the data claim is still being filled (an empty /data): it waits,
+    and trains once train/ appears (moved into place whole, as k8s/data's Job does)."""
+    import logging
+    import threading
+
+    data = tmp_path / "data"
+    data.mkdir()
+    waiting, filled = threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "waiting for the data" in record.getMessage():
+                waiting.set()
+
+    def fill():
+        if waiting.wait(120):
+            shutil.copytree(tiny_demo / "val", data / "val")
+            shutil.copytree(tiny_demo / "train", data / ".incoming")
+            (data / ".incoming").rename(data / "train")
+            filled.set()
+
+    handler = Waiting()
+    logging.getLogger("vidtrain").addHandler(handler)
+    thread = threading.Thread(target=fill)
+    thread.start()
+    try:
+        assert job(settings(data, tmp_path / "out", epochs=1, data_wait_s=120))[0] == 0
+    finally:
+        waiting.set()
+        thread.join()
+        logging.getLogger("vidtrain").removeHandler(handler)
+    assert filled.is_set() and json.loads((tmp_path / "out" / "report.json").read_text())["dataset"]["val_clips"] == 5
+
+
+def test_data_that_never_comes_exits_1_to_be_retried(tmp_path, caplog):
+    (tmp_path / "data").mkdir()
+    assert job(settings(tmp_path / "data", tmp_path / "out", data_wait_s=0.5))[0] == 1
+    assert "the data is not there after VIDTRAIN_DATA_WAIT_S=0.5 s" in caplog.text
+    assert "has no train/ folder" in caplog.text

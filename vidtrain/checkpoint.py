@@ -38,6 +38,7 @@ from vidtrain.settings import Settings, env_name
 
 log = logging.getLogger("vidtrain")
 STATE = "state.json"
+BEST = "best.weights.h5"
 KEEP = 2
 # Settings that fix which clips a batch number means, or the shape of the model: a resume must match.
 ORDER_FIXING = ("seed", "batch_size", "frames", "height", "width", "model", "rnn_cell", "backbone", "resize",
@@ -91,6 +92,7 @@ class Position:
     settings: dict = field(default_factory=dict)
     finished: bool = False
     schedule_start: int = 0  # the epoch the rate schedule began at (vidtrain.recipe.schedule_start)
+    best: dict = field(default_factory=dict)  # FINAL_MODEL=best: {"epoch", "val_accuracy"} of the best so far
     model_file: Path | None = None
 
 
@@ -162,6 +164,15 @@ class Checkpointer:
                 for failures in self.folder.glob(f"failed-{old.stem.removeprefix('ckpt-')}-w*.json"):
                     failures.unlink(missing_ok=True)
         return position.model_file
+
+    @property
+    def best_weights(self) -> Path:
+        """The weights of the best validation epoch so far (FINAL_MODEL=best)."""
+        return self.folder / BEST
+
+    def save_best(self, model) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.best_weights, model.save_weights)
 
     def save_failures(self, position: Position, worker: int, failed: list[dict]) -> None:
         """The clips that failed to decode on `worker` up to `position`, each with the last epoch it

@@ -254,6 +254,7 @@ class IndexProbe:
         in_val = {path for path, _ in index.val or []}
         index.skipped = [s for s in skipped if s.path not in in_val]
         index.val_skipped = [s for s in skipped if s.path in in_val]
+        index.left_out.update(s.path for s in skipped)  # the loader's failures of these are reported already
         index.complete = True
         index.write(index_folder(settings))
         log.info("dataset index complete: %d clips usable, %d left out (%s)", len(usable), len(skipped),
@@ -265,7 +266,7 @@ class IndexProbe:
         for s in self.splits.skipped:
             log.warning("skipping %s: %s", s.path, s.reason)
             if self.metrics is not None:
-                self.metrics.count_skip(s.kind)
+                self.metrics.count_skip(s.kind, "index")
 
     def problem(self) -> NoDataError | None:
         """What the completed probe rules out, or None (also while it runs). Raises what stopped the

@@ -73,6 +73,8 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
         with stop:
             stop.immediate = True  # until training begins there is nothing to checkpoint: stop at once
             check_memory(settings)
+            if settings.mode != "predict":
+                await_data(settings)
             if settings.mode == "train":
                 return train_mode(settings, metrics, progress, stop, events)
             if settings.mode == "prepare":
@@ -98,7 +100,7 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
     except PeerLost as exc:  # a worker is gone: all restart and resume (retried, as exit 1 is)
         log.error("%s", exc)
         return EXIT_PEER_LOST
-    except WorkersDisagree as exc:
+    except (WorkersDisagree, DataNotReady) as exc:
         log.error("%s", exc)
         return EXIT_OUTPUT
     except ClipsUnavailable as exc:  # the storage, not a file: the restarted job resumes from its checkpoint
@@ -107,6 +109,31 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
         return EXIT_OUTPUT
     finally:
         server.shutdown()
+
+
+DATA_POLL_S = 5.0  # how often a job waiting for its data looks again
+
+
+class DataNotReady(RuntimeError):
+    """The data did not appear within VIDTRAIN_DATA_WAIT_S (exit 1: the orchestrator retries)."""
+
+
+def await_data(settings: Settings) -> None:
+    """Wait up to DATA_WAIT_S for the data the settings name (DATA_DIR's train/, the manifests,
+    VIDEO_ROOT): in Kubernetes a training pod may start while the data claim is still being filled.
+    A log line a minute; raises DataNotReady when the time is up. (With DATA_WAIT_S 0, settings
+    validation refuses missing data at once.)"""
+    deadline, logged = time.monotonic() + settings.data_wait_s, None
+    while problems := settings.missing_data():
+        now = time.monotonic()
+        why = "; ".join(f"{env_name(field)}: {text}" for field, text in problems)
+        if now >= deadline:
+            raise DataNotReady(f"the data is not there after VIDTRAIN_DATA_WAIT_S={settings.data_wait_s:g} s ({why}); "
+                               f"stopping with exit {EXIT_OUTPUT} to be retried")
+        if logged is None or now - logged >= 60:
+            log.info("waiting for the data: %s (at most %.0f s more)", why, deadline - now)
+            logged = now
+        time.sleep(min(DATA_POLL_S, deadline - now))
 
 
 def check_memory(settings: Settings) -> None:
@@ -284,6 +311,8 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
         "mode": "train", "settings": settings.redacted(), "dataset": _counts(splits),
         "skipped": _skipped(skipped),
         "resumed_from": outcome.resumed_from, "epochs_completed": len(outcome.history.get("loss", [])),
+        "final_model": ({"kept": "best", "epoch": outcome.best["epoch"], "val_accuracy": outcome.best["val_accuracy"]}
+                        if outcome.best else {"kept": "last", "epoch": len(outcome.history.get("loss", []))}),
         "throughput": {"clips_trained": outcome.clips_trained,
                        "train_batches": int(metrics.total("vidtrain_batches_total", split="train")),
                        "val_batches": int(metrics.total("vidtrain_batches_total", split="val")),
@@ -296,7 +325,8 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
         **scores,
     })
     _succeed(settings, metrics, {"val_accuracy": final["accuracy"], "val_loss": final["loss"]})
-    log.info("done: val accuracy %.3f; outputs in %s", final["accuracy"], out.resolve())
+    kept = f"the best epoch's ({outcome.best['epoch']}) model" if outcome.best else "the last epoch's model"
+    log.info("done: %s, val accuracy %.3f; outputs in %s", kept, final["accuracy"], out.resolve())
 
 
 def _worker_file(out: Path, index: int) -> Path:
@@ -406,7 +436,7 @@ def predict_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
     rows = [{"path": p, "error": ""} for p in paths]
     for s in skipped:  # labels are input positions: a clip listed twice gets its error twice
         rows[s.label]["error"] = s.reason
-        metrics.count_skip(s.kind)
+        metrics.count_skip(s.kind, "index")
     if good:  # labels carry the input position, so results go back to their rows
         seq = VideoSequence(good, settings.batch_size, settings.frames, (settings.height, settings.width),
                             sampling=settings.sampling, test_mode=True, resize=settings.resize, on_bad_video="fail",

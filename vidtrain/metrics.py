@@ -41,8 +41,9 @@ class JobMetrics:
                                    ["split"], buckets=LATENCY_BUCKETS, registry=registry)
         self.queue_depth = Gauge("vidtrain_prefetch_queue_depth", "Batches decoded ahead and waiting.",
                                  registry=registry)
-        self.skipped = Counter("vidtrain_videos_skipped", "Clips left out, by reason.", ["reason"],
-                               registry=registry)
+        self.skipped = Counter("vidtrain_videos_skipped", "Clips left out, by reason and stage: by the dataset "
+                               "index's probe (index, once each), when loaded (load, each epoch a clip fails that the "
+                               "index did not leave out) or copied (prepare).", ["reason", "stage"], registry=registry)
         self.batches = Counter("vidtrain_batches", "Batches consumed, by split.", ["split"], registry=registry)
         self.clips = Counter("vidtrain_clips", "Clips in the batches consumed, by split.", ["split"], registry=registry)
         self.train_step = Histogram("vidtrain_train_step_seconds", "Compute of one training step, no data wait.",
@@ -74,8 +75,8 @@ class JobMetrics:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return LoaderHooks(self, split)
 
-    def count_skip(self, reason: str) -> None:
-        self.skipped.labels(reason).inc()
+    def count_skip(self, reason: str, stage: str = "load") -> None:
+        self.skipped.labels(reason, stage).inc()
 
     # -- loader.hooks.CacheHooks (called from loader threads) --------------------------------
     def count_cache(self, hit: bool) -> None:

@@ -57,7 +57,7 @@ def prepare_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> int
                 todo, settings.loader_workers, timeout=TIMEOUT_FACTOR * settings.decode_timeout_s):
             if error is not None:
                 failed[source] = _skip(source, error)
-                metrics.count_skip(failed[source].kind)
+                metrics.count_skip(failed[source].kind, "prepare")
                 log.warning("skipping %s: %s", source, failed[source].reason)
             reporter.advance()
     finally:

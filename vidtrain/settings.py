@@ -23,7 +23,6 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import (
     AliasChoices,
     AnyHttpUrl,
-    DirectoryPath,
     Field,
     FilePath,
     IPvAnyAddress,
@@ -37,6 +36,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from models import BACKBONE_MIN_SIZE, BACKBONE_MODELS, BACKBONES, REGISTRY
 
 PREFIX = "VIDTRAIN_"
+# The kind of path a setting names, for --help and the settings table (the job checks it exists: `missing_data`).
+FOLDER, FILE = {"json_schema_extra": {"kind": "FOLDER"}}, {"json_schema_extra": {"kind": "FILE"}}
 MODELS = tuple(REGISTRY)  # the model registry decides which names exist
 
 
@@ -49,12 +50,16 @@ class Settings(BaseSettings):
     )  # pydantic-settings matches names in any case: load() refuses all but the upper-case spelling
 
     # -- data ------------------------------------------------------------------------
-    data_dir: DirectoryPath | None = Field(None, description="folder with train/ (and val/) class folders")
-    train_manifest: FilePath | None = Field(None, description="training clips: a 'path;label[;index]' CSV or a "
-                                            "dataset's own list (UCF101/HMDB51, SSv2, Kinetics, Jester, MMAction2)")
-    val_manifest: FilePath | None = Field(None, description="validation clips, same formats (needs TRAIN_MANIFEST)")
-    video_root: DirectoryPath | None = Field(None, description="where the manifests' clips live (default: beside "
-                                             "the manifest)")
+    data_dir: Path | None = Field(None, description="folder with train/ (and val/) class folders", **FOLDER)
+    train_manifest: Path | None = Field(None, description="training clips: a 'path;label[;index]' CSV or a "
+                                        "dataset's own list (UCF101/HMDB51, SSv2, Kinetics, Jester, MMAction2)", **FILE)
+    val_manifest: Path | None = Field(None, description="validation clips, same formats (needs TRAIN_MANIFEST)",
+                                      **FILE)
+    video_root: Path | None = Field(None, description="where the manifests' clips live (default: beside the "
+                                    "manifest)", **FOLDER)
+    data_wait_s: float = Field(0, ge=0, le=30 * 86400, description="wait up to this long for the data (DATA_DIR's "
+                               "train/, the manifests, VIDEO_ROOT) to appear, then exit 1 (retried); 0: missing "
+                               "data is an invalid configuration (exit 2)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for validation when no val split")
     cache_dir: Path = Field(Path(".cache"), description="the demo dataset and the frame cache (frames/)")
     frame_cache_gb: float = Field(10, ge=0, le=100000, description="bound of the decoded-frame cache; 0 turns it off")
@@ -106,6 +111,10 @@ class Settings(BaseSettings):
     augment_flip: bool = Field(False, description="horizontal flips that swap left/right labels")
     augment_crop: bool = Field(False, description="random resized crop, the same for every frame of a clip")
     eval_clips: int = Field(1, ge=1, le=32, description="final evaluation: clips per video, softmax averaged")
+    final_model: Literal["last", "best"] = Field("last", description="the model written (model.keras, "
+                                                 "saved_model/) and finally evaluated: the last epoch's, or the "
+                                                 "weights of the epoch with the best validation accuracy (the first "
+                                                 "such)")
     resize: Literal["squash", "short_side"] = Field("squash", description="frames to HEIGHT x WIDTH: squashed "
                                                     "whatever their aspect, or resized keeping it and cropped (at "
                                                     "random in training, centred in evaluation)")
@@ -152,8 +161,8 @@ class Settings(BaseSettings):
             problems.append(("val_manifest", "VAL_MANIFEST needs TRAIN_MANIFEST"))
         if self.video_root and not self.train_manifest:
             problems.append(("video_root", "VIDEO_ROOT is where TRAIN_MANIFEST's clips live: set TRAIN_MANIFEST"))
-        if self.data_dir and not (self.data_dir / "train").is_dir():
-            problems.append(("data_dir", f"{self.data_dir} has no train/ folder of class folders"))
+        if self.data_wait_s == 0:  # else the job waits for what is missing (vidtrain.job)
+            problems += self.missing_data()
         if self.model == "cnn_rnn" and self.frames < 2:
             problems.append(("frames", f"cnn_rnn reads frame differences: needs FRAMES >= 2, got {self.frames}"))
         if self.tf_config is not None and (problem := _tf_config_problem(self.tf_config)):
@@ -187,15 +196,29 @@ class Settings(BaseSettings):
                 AnyHttpUrl(self.pushgateway_url.get_secret_value())
             except ValueError:
                 problems.append(("pushgateway_url", "must be an http(s) URL"))
-        for field in ("data_dir", "train_manifest", "val_manifest", "pretrained_weights"):
-            path = getattr(self, field)
-            if path is not None and not os.access(path, os.R_OK):
-                problems.append((field, f"{path} is not readable"))
-        if problem := _writable(self.output_dir):
+        if self.pretrained_weights is not None and not os.access(self.pretrained_weights, os.R_OK):
+            problems.append(("pretrained_weights", f"{self.pretrained_weights} is not readable"))
+        if self.mode != "prepare" and (problem := _writable(self.output_dir)):  # prepare writes to PREPARE_DIR
             problems.append(("output_dir", problem))
         if problems:
             raise ValueError("\n".join(f"{variable(field)}: {text}" for field, text in problems))
         return self
+
+    def missing_data(self) -> list[tuple[str, str]]:
+        """(setting, what is wrong) for every data path that is not there (yet), or cannot be read."""
+        problems = []
+        for field, kind in (("data_dir", "dir"), ("train_manifest", "file"), ("val_manifest", "file"),
+                            ("video_root", "dir")):
+            path = getattr(self, field)
+            if path is None:
+                continue
+            if not (path.is_dir() if kind == "dir" else path.is_file()):
+                problems.append((field, f"{path} does not point to a {'directory' if kind == 'dir' else 'file'}"))
+            elif not os.access(path, os.R_OK):
+                problems.append((field, f"{path} is not readable"))
+            elif field == "data_dir" and not (path / "train").is_dir():
+                problems.append((field, f"{path} has no train/ folder of class folders"))
+        return problems
 
     @property
     def distributed(self) -> bool:
@@ -299,11 +322,12 @@ def _unknown(name: str, known: set[str]) -> str:
 # The settings in --help and the README's table, group by group.
 GROUPS = {
     "data": ("data_dir", "train_manifest", "val_manifest", "video_root", "val_fraction", "frame_template",
-             "cache_dir", "frame_cache_gb", "demo_clips_per_class", "index_workers", "index_check", "reindex"),
+             "cache_dir", "frame_cache_gb", "demo_clips_per_class", "index_workers", "index_check", "reindex",
+             "data_wait_s"),
     "job": ("mode", "output_dir", "predict_input", "prepare_dir", "prepare_short_side", "epochs", "seed",
             "checkpoint_every_s"),
     "model and clips": ("model", "rnn_cell", "backbone", "backbone_weights", "pretrained_weights", "frames", "height",
-                        "width", "resize", "sampling", "eval_clips", "eval_crops"),
+                        "width", "resize", "sampling", "eval_clips", "eval_crops", "final_model"),
     "training recipe": ("batch_size", "learning_rate", "lr_schedule", "warmup_epochs", "weight_decay",
                         "label_smoothing", "grad_clip_norm", "freeze_backbone_epochs", "augment_flip", "augment_crop",
                         "mixed_precision"),
@@ -325,7 +349,10 @@ def plain_type(field: str) -> str:
     values (a|b|c), text, JSON, URL or address."""
     import typing
 
-    annotation = Settings.model_fields[field].annotation
+    info = Settings.model_fields[field]
+    if isinstance(info.json_schema_extra, dict) and "kind" in info.json_schema_extra:
+        return info.json_schema_extra["kind"]
+    annotation = info.annotation
     text = str(annotation)
     literal = next((a for a in typing.get_args(annotation) + (annotation,) if typing.get_origin(a) is typing.Literal),
                    None)

@@ -180,6 +180,7 @@ class Outcome:
     clips_trained: int  # across all workers
     skipped: list = field(default_factory=list)
     last_val: dict | None = None  # the last completed epoch's validation (loss, accuracy, confusion)
+    best: dict = field(default_factory=dict)  # FINAL_MODEL=best: the best epoch, and its weights ("weights")
 
 
 def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tuple[int, int] = (0, 1),
@@ -193,7 +194,8 @@ def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tu
     common = dict(batch_size=settings.batch_size, frames=settings.frames, size=(settings.height, settings.width),
                   on_bad_video=settings.on_bad_video, device=settings.decode_device, metrics=metrics, cache=cache,
                   decode_timeout=settings.decode_timeout_s)
-    common |= {"frame_template": settings.frame_template, "frame_counts": splits.frames, "resize": settings.resize}
+    common |= {"frame_template": settings.frame_template, "frame_counts": splits.frames, "resize": settings.resize,
+               "left_out": splits.index.left_out}
     flips = flip_label_map(splits.class_names) if settings.augment_flip else None
     train = VideoSequence(splits.train, shuffle=True, seed=settings.seed, sampling=settings.sampling,
                           flip_labels=flips, crop=settings.augment_crop, shard=shard, **common)
@@ -370,6 +372,11 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     # One infinite generator across epochs: it decodes the next epoch's first batches during validation.
     first_epoch, first_step = (pos.epoch, pos.step) if pos.step < len(train_seq) else (pos.epoch + 1, 0)
     train_seq.set_epoch(first_epoch)
+    if resume and resume.best and settings.final_model == "best":  # the best epoch's weights, kept on disk
+        current = model.get_weights()
+        model.load_weights(checkpointer.best_weights)
+        loop.best_weights = model.get_weights()
+        model.set_weights(current)
     if resume:  # clips that failed before the stop: reported, and this epoch's replaced as they were
         failed = checkpointer.failures(resume, world.index)
         for seq in (train_seq, val_seq):
@@ -385,17 +392,21 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
             loop.close()
     skipped = train_seq.skipped + (val_seq.skipped if val_seq is not None else [])
     resumed = None if resume is None else {"epoch": resume.epoch, "step": resume.step, "clips": resume.clips}
+    best = pos.best | {"weights": loop.best_weights} if loop.best_weights is not None else {}
     return Outcome(model, pos.history, stopped, resumed, time.perf_counter() - began, loop.clips_trained,
-                   skipped, loop.last_val)
+                   skipped, loop.last_val, best)
 
 
 def final_evaluation(settings: Settings, splits: Splits, metrics: JobMetrics, outcome: Outcome,
                      world: World) -> dict:
-    """The trained model's scores on the validation set: the last epoch's validation, or, where the
-    final evaluation takes several views per video (EVAL_CLIPS, EVAL_CROPS) or none was made in this
-    run (resumed after the last epoch), a pass of its own, sharded over the workers like validation
-    and summed: the scores a single process gives. Every worker calls it (collectives)."""
-    if outcome.last_val is not None and settings.eval_clips == 1 and settings.eval_crops == 1:
+    """The scores on the validation set of the model that is written: the last epoch's validation, or,
+    where the final evaluation takes several views per video (EVAL_CLIPS, EVAL_CROPS), none was made
+    in this run (resumed after the last epoch) or the best epoch's weights are kept (FINAL_MODEL=best:
+    they are put in place here), a pass of its own, sharded over the workers like validation and
+    summed: the scores a single process gives. Every worker calls it (collectives)."""
+    if outcome.best:
+        outcome.model.set_weights(outcome.best["weights"])
+    elif outcome.last_val is not None and settings.eval_clips == 1 and settings.eval_crops == 1:
         return outcome.last_val
     _, val_seq = sequences(settings, splits, metrics, shard=(world.index, world.count),
                            eval_clips=settings.eval_clips, eval_crops=settings.eval_crops)
@@ -439,6 +450,7 @@ class _Loop:
         self.first_pad = shortest if shortest < steps else None
         self.clips_trained = 0
         self.last_val: dict | None = None
+        self.best_weights: list | None = None  # FINAL_MODEL=best: the best epoch's weights (every worker's)
         self.board = Board(settings.output_dir) if world.chief else None
         self._epoch_start = (0.0, 0.0, 0)  # time, train data wait, clips trained: this epoch's rates
 
@@ -543,6 +555,7 @@ class _Loop:
         for key, value in logs.items():
             history.setdefault(key, []).append(float(value))
         epoch = pos.epoch + 1
+        best = self._best(pos.best, epoch, val)
         self.metrics.epoch.set(epoch)
         for split, prefix in (("train", ""), ("val", "val_")):
             if f"{prefix}loss" in logs:
@@ -551,12 +564,22 @@ class _Loop:
         if bar is not None:
             bar.update(self.steps, list(logs.items()), finalize=True)
         log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4g}" for k, v in logs.items()))
-        pos = Position(epoch=epoch, history=history, schedule_start=pos.schedule_start)
+        pos = Position(epoch=epoch, history=history, schedule_start=pos.schedule_start, best=best)
         self._save(pos)
         if self.world.chief:
             report.write_history(self.settings.output_dir, history)
             self._board(epoch, logs)
         return pos
+
+    def _best(self, best: dict, epoch: int, val: dict | None) -> dict:
+        """FINAL_MODEL=best: the best epoch so far, its weights kept (in memory on every worker, on disk by the
+        chief for a resume) when this one's validation accuracy is higher than any before."""
+        if self.settings.final_model != "best" or val is None or (best and val["accuracy"] <= best["val_accuracy"]):
+            return best
+        self.best_weights = self.model.get_weights()
+        if self.world.chief:
+            self.checkpointer.save_best(self.model)
+        return {"epoch": epoch, "val_accuracy": float(val["accuracy"])}
 
     def close(self) -> None:
         if self.board is not None:
