@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jobs import KUBECTL
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("VIDTRAIN_TEST_IMAGE", "localhost/vidtrain:test")
@@ -102,7 +103,7 @@ def render(tmp_path: Path, base: str, settings: dict, env: dict | None = None) -
         "images": [{"name": "vidtrain", "newName": IMAGE.rsplit(":", 1)[0], "newTag": IMAGE.rsplit(":", 1)[1]}],
         "patches": patches,
     }))
-    result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True)
+    result = subprocess.run([KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(result.stdout))
     for doc in documents:  # the env values a test changes (a shorter peer timeout)

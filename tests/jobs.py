@@ -75,6 +75,9 @@ def wait_for(predicate, timeout: float, interval: float = 0.2):
     return None
 
 
+KUBECTL = str(Path(sys.executable).parent / "kubectl")  # requirements-dev.txt's, whatever the machine has
+
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     assert path, f"{name} not found: `make test` installs Debian's prometheus package (see Makefile: tools)"

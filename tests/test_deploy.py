@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jobs import KUBECTL
 
 from vidtrain.settings import PREFIX, Settings
 
@@ -52,7 +53,7 @@ def render(folder: Path, components: tuple[str, ...] = (), **overlay) -> list[di
         (target / "kustomization.yaml").write_text(yaml.safe_dump({
             "resources": [os.path.relpath(folder, target)],
             "components": [os.path.relpath(K8S / "components" / c, target) for c in components], **overlay}))
-    result = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True, text=True)
+    result = subprocess.run([KUBECTL, "kustomize", str(target)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 

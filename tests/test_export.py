@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from jobs import job, settings
 
-from loader import VideoSequence, find_videos
+from loader import find_videos
 from vidtrain.job import EXIT_OK
+from vidtrain.serving import clip_input
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,8 @@ def test_saved_model_round_trip_in_a_fresh_process(tmp_path, tiny_demo):
     meta = json.loads((saved / "assets" / "vidtrain.json").read_text())
     assert meta | {"input": None, "test_clip": None, "frame": None} == {
         "class_names": json.loads((out / "classes.json").read_text()), "frames": 4, "height": 32, "width": 32,
-        "sampling": "random", "resize": "squash", "input": None, "test_clip": None, "frame": None}
+        "sampling": "random", "resize": "squash", "frame_template": None, "input": None, "test_clip": None,
+        "frame": None}
     # trained with random offsets: tested at the segments' centres, as the assets say in words
     assert meta["frame"] == "every frame resized to height x width"
     assert meta["test_clip"] == "4 frames: the centre frame of each of 4 equal segments of the video"
@@ -51,7 +53,7 @@ def test_saved_model_round_trip_in_a_fresh_process(tmp_path, tiny_demo):
 
     items, _ = find_videos(tiny_demo / "val")
     assert [p for p, _ in items] == [r["path"] for r in rows]
-    clips, _ = VideoSequence(items, batch_size=len(items), frames=4, size=(32, 32))[0]  # as predict decodes
+    clips = np.concatenate([clip_input(p, saved) for p, _ in items])  # the documented way: as predict decodes
     np.save(tmp_path / "clips.npy", clips)
     result = subprocess.run([sys.executable, "-c", SERVER, str(saved), str(tmp_path / "clips.npy"),
                              str(tmp_path / "probs.npy"), str(tmp_path / "served.json")],
@@ -80,6 +82,6 @@ def test_each_new_model_trains_exports_and_predicts(tmp_path, tiny_demo, model):
     names = json.loads((out / "classes.json").read_text())
     expected = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
     items, _ = find_videos(tiny_demo / "val")
-    clips, _ = VideoSequence(items, batch_size=len(items), frames=4, size=(32, 32), test_mode=True)[0]
+    clips = np.concatenate([clip_input(p, out / "saved_model") for p, _ in items])
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](clips=tf.constant(clips))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)

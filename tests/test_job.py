@@ -96,6 +96,27 @@ def test_training_starts_from_local_pretrained_weights(trained, cache, tmp_path)
         assert np.allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_pretrained_weights_of_another_class_count_carry_every_layer_but_the_head(trained, cache, tmp_path):
+    """A model trained on 5 classes, fine-tuned on 3: every layer starts from it but the classifier head,
+    which starts afresh, and the log says so (it was exit 2: the weights did not fit)."""
+    import keras
+    import numpy as np
+
+    out, _ = trained
+    manifest = _manifest(tmp_path, cache, ["stop", "swipe_left", "swipe_right"])
+    result = run_job(train_manifest=manifest, output_dir=tmp_path / "out", cache_dir=cache, epochs=1,
+                     learning_rate="1e-9", pretrained_weights=out / "model.keras", metrics_port=free_port(), **TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pretrained, tuned = (keras.models.load_model(p / "model.keras") for p in (out, tmp_path / "out"))
+    n = sum(1 for layer in pretrained.layers if layer.weights)
+    assert f"carried {n - 1} of {n} layers with weights; not carried: logits (5 classes there, 3 here)" in result.stderr
+    for a, b in zip(pretrained.layers, tuned.layers, strict=True):
+        if a.name != "logits":
+            assert all(np.allclose(np.asarray(x), np.asarray(y), atol=1e-6)  # BatchNorm's statistics move
+                       for x, y in zip(a.trainable_weights, b.trainable_weights))
+    assert tuned.get_layer("logits").kernel.shape[-1] == 3
+
+
 def test_evaluate_mode_scores_the_saved_model(trained, cache):
     out, _ = trained
     result = run_job(output_dir=out, cache_dir=cache, mode="evaluate", metrics_port=free_port(), **TINY)

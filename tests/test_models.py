@@ -121,6 +121,18 @@ def test_a_weights_file_of_another_backbone_is_refused_naming_it(tmp_path):
                     weights=str(tmp_path / "other.weights.h5"))
 
 
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50"])
+def test_the_imagenet_file_named_for_each_backbone_is_the_one_keras_asks_for(backbone):
+    """--help and the docs name the file of each backbone's ImageNet weights (models.IMAGENET_FILES): the
+    one Keras's download asks for (this machine reaches no model hub: the download fails, naming it)."""
+    from models import IMAGENET_FILES
+    from models.video2d import BackboneWeightsError
+    from models.video2d import backbone as make
+
+    with pytest.raises(BackboneWeightsError, match=f"place {IMAGENET_FILES[backbone]} in "):
+        make(backbone, 32, 32, "imagenet")
+
+
 @pytest.mark.slow
 def test_imagenet_weights_that_cannot_be_had_exit_2_naming_the_file_and_where_to_put_it(tiny_demo, tmp_path,
                                                                                         info_logs, caplog):

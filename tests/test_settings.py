@@ -127,13 +127,14 @@ def test_help_names_every_variable_with_its_flag_type_and_default():
         flag = "--" + (info.validation_alias.choices[0] if info.validation_alias else name).lower().replace("_", "-")
         lines = text.splitlines()
         at = next(k for k, line in enumerate(lines) if line.strip().startswith(variable(name) + " "))
-        assert f"({flag} {plain_type(name)})" in lines[at], lines[at]
+        shown = f"({flag}, --no-{flag[2:]})" if plain_type(name) == "true|false" else f"({flag} {plain_type(name)})"
+        assert shown in lines[at], lines[at]  # a switch takes no value
         block = " ".join(line.strip() for line in itertools.takewhile(lambda ln: ln.startswith("      "),
                                                                        lines[at + 1:]))  # the description under it
         assert "(default: " in block and (f"(default: {default_text(name)})" in block
                                           or "(default:" in info.description), block
     assert "{Path,null}" not in text and "VIDTRAIN_BATCH_SIZE  (--batch-size INTEGER)" in text
-    assert "(default: 8)" in text and "train|evaluate|predict" in text
+    assert "(default: 8)" in text and "train|evaluate|predict|prepare" in text
 
 
 def test_every_setting_has_a_description_and_models_match_the_registry():
@@ -254,3 +255,39 @@ def test_a_misspelt_name_gets_the_nearest_one_and_every_other_problem_is_still_r
     assert code == 2 and output.startswith("vidtrain: invalid configuration:")
     assert "VIDTRAIN_EPOCS: unknown setting; did you mean VIDTRAIN_EPOCHS?" in lines
     assert [ln.split("=")[0] for ln in lines[1:]] == ["VIDTRAIN_BATCH_SIZE", "VIDTRAIN_FRAMES"]
+
+
+def test_every_flag_help_shows_parses(tmp_path):
+    """Each setting through the flag --help prints for it (a switch alone; others with a valid value)."""
+    from vidtrain.settings import GROUPS, flag_text, load
+
+    (tmp_path / "train").mkdir()
+    values = {"FOLDER": str(tmp_path), "FILE": __file__, "PATH": str(tmp_path / "p"), "INTEGER": "1", "NUMBER": "1",
+              "TEXT": "x", "URL": "http://gw:9091", "ADDRESS": "127.0.0.1", "JSON": "null"}
+    special = {"worker_index": "0", "frame_template": "img_{:05d}.jpg", "backbone_weights": "imagenet",
+               "eval_crops": None, "video_root": None, "val_manifest": None, "predict_input": __file__,
+               "train_manifest": str(tmp_path / "m.csv")}
+    (tmp_path / "m.csv").write_text("a.mp4;x\n")
+    for field in (f for fields in GROUPS.values() for f in fields):
+        flag, *kind = flag_text(field).split(" ")
+        if flag.endswith(","):  # a switch: --x, --no-x
+            argv = [flag[:-1]]
+        elif field in special and special[field] is None:
+            continue  # needs another setting with it; parsed in the cases above
+        else:
+            default = Settings.model_fields[field].default
+            value = special.get(field) or (kind[0].split("|")[0] if "|" in kind[0] else
+                                           str(default) if kind[0] in ("INTEGER", "NUMBER") else values[kind[0]])
+            argv = [flag, value]
+        extra = ["--model", "tsn"] if field in ("backbone", "backbone_weights", "freeze_backbone_epochs") else []
+        extra += ["--height", "32", "--width", "32"] if extra else []
+        settings = load(argv + extra + ["--output-dir", str(tmp_path / "out")])
+        assert field in settings.model_fields_set, argv
+
+
+def test_every_problem_of_a_run_is_reported_at_once_those_across_settings_too(main, paths):
+    code, output = main(epochs="0", val_manifest=f"{paths}/m.csv")
+    assert code == 2
+    lines = [line.strip() for line in output.splitlines()]
+    assert any(line.startswith("VIDTRAIN_EPOCHS='0'") for line in lines)
+    assert "VIDTRAIN_VAL_MANIFEST: VAL_MANIFEST needs TRAIN_MANIFEST" in lines

@@ -2,8 +2,9 @@
 
 `serving_default` takes uint8 clips [batch, FRAMES, HEIGHT, WIDTH, 3] (scaling is inside the
 model) and returns `probabilities` [batch, classes] (softmax) and `class_names` [batch] (the
-predicted class). `assets/vidtrain.json` holds class_names, frames, height, width, the training's
-sampling mode and resize (evaluate and predict modes take test clips of those) and both in words.
+predicted class). `assets/vidtrain.json` holds what makes a clip its input (vidtrain.serving):
+class_names, frames, height, width, the training's sampling mode and resize (evaluate and predict
+modes take test clips of those) and both in words, and the frame template of frame folders.
 Written beside, then swapped in whole (loader.atomic.swap_in): a reader sees the old export or
 the new one, never half of one or none.
 """
@@ -22,7 +23,8 @@ SAVED_MODEL = "saved_model"
 ASSET = "vidtrain.json"
 
 
-def export_saved_model(model, out: Path, class_names: list[str], sampling: str, resize: str = "squash") -> Path:
+def export_saved_model(model, out: Path, class_names: list[str], sampling: str, resize: str = "squash",
+                       frame_template: str | None = None) -> Path:
     import keras
     import tensorflow as tf
 
@@ -47,7 +49,7 @@ def export_saved_model(model, out: Path, class_names: list[str], sampling: str, 
             "frame": ("every frame resized to height x width" if resize == "squash" else
                       "every frame resized, keeping its aspect, to cover height x width, then the centre "
                       "height x width cut out"),
-            "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
+            "frame_template": frame_template, "input": "uint8 RGB clips [batch, frames, height, width, 3]"}
     write_atomic(staging / "assets" / ASSET, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return swap_in(staging, out / SAVED_MODEL)
 

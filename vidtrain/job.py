@@ -295,7 +295,8 @@ def _finish_training(settings: Settings, splits: Splits, metrics: JobMetrics, ou
     out = settings.output_dir
     report.write_history(out, outcome.history)
     write_atomic(out / "model.keras", outcome.model.save)
-    export_saved_model(outcome.model, out, splits.class_names, settings.sampling, settings.resize)
+    export_saved_model(outcome.model, out, splits.class_names, settings.sampling, settings.resize,
+                       settings.frame_template)
     report.plot_curves(out, outcome.history)
     if len(shares) > 1:
         for share in shares:

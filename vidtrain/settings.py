@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from models import BACKBONE_MIN_SIZE, BACKBONE_MODELS, BACKBONES, REGISTRY
+from models import BACKBONE_MIN_SIZE, BACKBONE_MODELS, BACKBONES, IMAGENET_FILES, REGISTRY
 
 PREFIX = "VIDTRAIN_"
 # The kind of path a setting names, for --help and the settings table (the job checks it exists: `missing_data`).
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
                                "(sized for storage latency, not cores)")
     index_check: Literal["header", "decode"] = Field("header", description="what indexing reads of a clip: its "
                                                      "header, or also its last frame decoded")
-    reindex: bool = Field(False, description="probe every clip again and rewrite the dataset index")
+    reindex: bool = Field(False, description="list and probe every clip again: a new dataset index")
     # -- job -------------------------------------------------------------------------
     mode: Literal["train", "evaluate", "predict", "prepare"] = Field("train", description="what the job does "
                                                                      "(prepare: a training copy of the clips)")
@@ -84,8 +84,11 @@ class Settings(BaseSettings):
     rnn_cell: Literal["gru", "lstm"] = Field("gru", description="recurrent cell of cnn_rnn")
     backbone: Literal[tuple(BACKBONES)] = Field("mobilenet_v3_small", description="tsn and tsm: the per-frame "
                                                "keras.applications backbone")
-    backbone_weights: str | None = Field(None, description="tsn and tsm: imagenet (Keras's download and cache) or "
-                                         "a local weights file of the backbone (default: none, random weights)")
+    backbone_weights: str | None = Field(None, description="tsn and tsm: imagenet (Keras downloads the backbone's "
+                                         "file into $KERAS_HOME/models, or finds it placed there: " + ", ".join(
+                                             f"{name}: {file}" for name, file in IMAGENET_FILES.items())
+                                         + "), or a local weights file of the backbone (default: none, random "
+                                         "weights)")
     freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="tsn and tsm: train only the head for this "
                                         "many epochs, then everything")
     pretrained_weights: FilePath | None = Field(None, description="local weights file of the whole model to start "
@@ -298,18 +301,39 @@ class ConfigError(ValueError):
 
 def load(argv: list[str] | None = None) -> Settings:
     """Settings from the environment and `argv` (CLI flags win). Raises ConfigError listing every
-    problem: unknown variables (with the nearest name) and invalid values alike."""
+    problem: unknown variables (with the nearest name), invalid values, and what the settings that
+    are valid rule out together (checked with the invalid ones at their defaults)."""
+    argv = argv if argv is not None else []
     known = {env_name(name) for name in Settings.model_fields}
     problems = [_unknown(k, known) for k in sorted(os.environ) if k.upper().startswith(PREFIX) and k not in known]
     try:
-        settings = Settings(_cli_parse_args=argv if argv is not None else [], _cli_exit_on_error=True)
+        settings = Settings(_cli_parse_args=argv, _cli_exit_on_error=True)
     except ValidationError as exc:
-        problems += [_describe(err) for err in exc.errors()]
+        problems += [line for err in exc.errors() for line in _describe(err)]
+        failing = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        if failing:
+            problems += _cross_problems(argv, failing)
     except SettingsError as exc:
         problems.append(str(exc))
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _cross_problems(argv: list[str], failing: set[str]) -> list[str]:
+    """The problems across settings (the model's own checks) with the `failing` settings at their defaults
+    (given values win over the environment, as flags do)."""
+    from pydantic_settings import CliSettingsSource
+
+    given = {k: v for k, v in CliSettingsSource(Settings, cli_parse_args=argv)().items() if k not in failing}
+    defaults = {name: Settings.model_fields[name].default for name in failing if name in Settings.model_fields}
+    try:
+        Settings(_cli_parse_args=[], **given, **defaults)
+    except ValidationError as exc:
+        return [line for err in exc.errors() if not err["loc"] for line in _describe(err)]
+    except SettingsError:
+        pass
+    return []
 
 
 def _unknown(name: str, known: set[str]) -> str:
@@ -376,19 +400,30 @@ def default_text(field: str) -> str:
     return str(value)
 
 
+def flag(field: str) -> str:
+    """The command-line flag of a setting (Kubernetes' and TensorFlow's own name for those that have one)."""
+    info = Settings.model_fields[field]
+    return "--" + (info.validation_alias.choices[0] if info.validation_alias else field).lower().replace("_", "-")
+
+
+def flag_text(field: str) -> str:
+    """How the flag is written: `--reindex, --no-reindex` for a switch, else `--epochs INTEGER`."""
+    if plain_type(field) == "true|false":
+        return f"{flag(field)}, --no-{flag(field)[2:]}"
+    return f"{flag(field)} {plain_type(field)}"
+
+
 def help_text() -> str:
     """What `--help` prints: every setting by group, its variable, flag, type, default and meaning."""
     lines = ["usage: python entrypoint.py [--<setting> VALUE ...]", "",
-             "Trains, evaluates or predicts with a video classifier (vidtrain). Every setting is an environment",
-             f"variable {PREFIX}<NAME> (upper case) or a flag --<name>; a flag wins. An invalid value stops the job",
-             "with exit code 2 before any work, naming the variable.", ""]
+             "Trains, evaluates, predicts with or prepares data for a video classifier (vidtrain). Every setting",
+             f"is an environment variable {PREFIX}<NAME> (upper case) or the flag shown; a flag wins. An invalid",
+             "value stops the job with exit code 2 before any work, naming the variable.", ""]
     for group, fields in GROUPS.items():
         lines.append(f"{group}:")
         for field in fields:
             info = Settings.model_fields[field]
-            flag = "--" + (info.validation_alias.choices[0] if info.validation_alias else field).lower().replace(
-                "_", "-")
-            lines.append(f"  {variable(field)}  ({flag} {plain_type(field)})")
+            lines.append(f"  {variable(field)}  ({flag_text(field)})")
             body = info.description if "default:" in info.description else \
                 f"{info.description} (default: {default_text(field)})"
             lines += textwrap.wrap(body, width=96, initial_indent="      ", subsequent_indent="      ")
@@ -398,15 +433,17 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def _describe(err: dict) -> str:
-    """'VIDTRAIN_X='value': what is wrong / allowed' for one pydantic error."""
-    if not err["loc"]:  # a cross-field check: its message already names the variables
-        return err["msg"].removeprefix("Value error, ")
+def _describe(err: dict) -> list[str]:
+    """'VIDTRAIN_X='value': what is wrong / allowed' for one pydantic error (the checks across settings:
+    one line each, their messages already name the variables)."""
+    if not err["loc"]:
+        return err["msg"].removeprefix("Value error, ").splitlines()
     field = str(err["loc"][0])
     info = Settings.model_fields.get(field)
     secret = info is not None and "SecretStr" in str(info.annotation)
     value = "**********" if secret else err.get("input")
-    return f"{env_name(field)}={value!r}: {err['msg']}{_allowed(info)}"
+    return [f"{variable(field) if field in Settings.model_fields else env_name(field)}={value!r}: "
+            f"{err['msg']}{_allowed(info)}"]
 
 
 def _allowed(info) -> str:

@@ -225,17 +225,40 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
         keras.config.set_dtype_policy("float32")
     _keep_precision_correct(model, settings)
     if settings.pretrained_weights:
-        try:
-            model.load_weights(settings.pretrained_weights)
-        except (ValueError, OSError, KeyError) as exc:
-            raise ConfigProblem(f"{env_name('pretrained_weights')}={settings.pretrained_weights}: these weights do "
-                                f"not fit the {settings.model} model for {num_classes} classes at FRAMES x HEIGHT x "
-                                f"WIDTH {settings.frames}x{settings.height}x{settings.width} "
-                                f"({str(exc).splitlines()[0][:300]})") from None
+        carry_weights(model, settings)
     model.compile(optimizer=recipe.optimizer(settings),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)  # every variable, also those a frozen start leaves out
     return model
+
+
+def carry_weights(model: keras.Model, settings: Settings) -> None:
+    """Start from PRETRAINED_WEIGHTS: a model.keras (vidtrain's, any class count) gives every layer whose
+    weights have the shapes of this model's, layer by layer in order (so the classifier head of a model
+    trained on other classes starts afresh); the log names what was not carried. Exit 2 (ConfigProblem)
+    for a file of another architecture, or one whose layers but the head do not fit."""
+    path, name = settings.pretrained_weights, env_name("pretrained_weights")
+    shape = (f"the {settings.model} model at FRAMES x HEIGHT x WIDTH {settings.frames}x{settings.height}x"
+             f"{settings.width}")
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise ConfigProblem(f"{name}={path}: not a Keras model file these weights can be read from "
+                            f"({str(exc).splitlines()[0][:300]})") from None
+    mine, theirs = ([layer for layer in m.layers if layer.weights] for m in (model, source))
+    if [type(a) for a in mine] != [type(b) for b in theirs]:
+        raise ConfigProblem(f"{name}={path}: these weights do not fit {shape} (a {source.name} model, another "
+                            "architecture)")
+    left = [a.name for a, b in zip(mine, theirs) if [w.shape for w in a.weights] != [w.shape for w in b.weights]]
+    if any(layer != mine[-1].name for layer in left):
+        raise ConfigProblem(f"{name}={path}: these weights do not fit {shape}: the layers {', '.join(left)} have "
+                            "other shapes")
+    for a, b in zip(mine, theirs):
+        if a.name not in left:
+            a.set_weights(b.get_weights())
+    head = f"; not carried: {left[0]} ({theirs[-1].weights[-1].shape[-1]} classes there, " \
+           f"{mine[-1].weights[-1].shape[-1]} here), which starts afresh" if left else ""
+    log.info("%s=%s: carried %d of %d layers with weights%s", name, path, len(mine) - len(left), len(mine), head)
 
 
 def _keep_precision_correct(model: keras.Model, settings: Settings) -> None:
