@@ -7,7 +7,7 @@ is seen to hold on the other:
   gestures of varied speed and size; 60 training and 15 validation clips per class, 15 fps;
 - `second`: 6 other motions (circling either way, closer, farther, a diagonal slide, a tap), a
   two-tone hand on textured backgrounds under changing light, 4:3, 16:9 and 9:16 frames, 16 to 64
-  frames at 10 to 30 fps; 20 training and 8 validation clips per class.
+  frames at 10 to 30 fps; 30 training and 10 validation clips per class.
 
 Each configuration trains the real job (a subprocess, `python entrypoint.py`) with the job's
 defaults but for what the configuration sets (EPOCHS included: 12), for each seed, and reports the
@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
 OUT = ROOT / "bench" / "out" / "learn"
-SETS = {"hard": (60, 15), "second": (20, 8)}  # training and validation clips per class
+SETS = {"hard": (60, 15), "second": (30, 10)}  # training and validation clips per class
 OLD = {"lr_schedule": "constant", "warmup_epochs": 0, "label_smoothing": 0, "weight_decay": 0}
 
 # name -> settings (VIDTRAIN_<NAME>) on top of the job's defaults. The recipe's candidates first.

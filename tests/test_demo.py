@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from loader.demo import DEMO_CLASSES, make_demo_dataset, render_clip
+from loader.demo import DEMO_CLASSES, HARD_CLASSES, SECOND_CLASSES, make_demo_dataset, render_clip, render_second_clip
 
 
 def test_render_is_seeded():
@@ -57,3 +57,21 @@ def test_dataset_is_byte_identical_for_a_seed(tmp_path):
     files = sorted(p.relative_to(a) for p in a.rglob("*.mp4"))
     assert len(files) == 10
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+@pytest.mark.parametrize("label, sign", [("circle_cw", 1), ("circle_ccw", -1)])
+def test_the_second_sets_circles_turn_their_own_way(label, sign):
+    for seed in range(5):
+        frames, fps = render_second_clip(label, np.random.default_rng(seed))
+        assert fps in (10, 12, 24, 30) and 16 <= len(frames) <= 64
+        xs, ys = _blob_track(frames)
+        seen = ~np.isnan(xs)
+        angle = np.unwrap(np.arctan2(ys[seen] - np.nanmean(ys), xs[seen] - np.nanmean(xs)))
+        assert sign * (angle[-1] - angle[0]) > np.pi  # most of a turn, clockwise on screen (y points down)
+
+
+def test_the_benchmark_sets_hold_their_own_classes(tmp_path):
+    for variant, classes in (("hard", HARD_CLASSES), ("second", SECOND_CLASSES)):
+        root = make_demo_dataset(tmp_path / variant, train_per_class=1, val_per_class=1, seed=0, variant=variant)
+        assert sorted(p.name for p in (root / "train").iterdir()) == sorted(classes)
+        assert json.loads((root / "demo.json").read_text())["variant"] == variant
