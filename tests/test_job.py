@@ -117,6 +117,26 @@ def test_pretrained_weights_of_another_class_count_carry_every_layer_but_the_hea
     assert tuned.get_layer("logits").kernel.shape[-1] == 3
 
 
+def test_pretrained_weights_of_other_classes_of_the_same_count_leave_the_head_afresh(trained, cache, tmp_path):
+    """Five other classes (classes.json beside the model names them): the head's outputs would mean other
+    classes, so it starts afresh; the rest is carried."""
+    import keras
+    import numpy as np
+
+    out, _ = trained
+    manifest = _manifest(tmp_path, cache, json.loads((out / "classes.json").read_text()))
+    manifest.write_text("".join(f"{line}_renamed\n" for line in manifest.read_text().split()))
+    result = run_job(train_manifest=manifest, output_dir=tmp_path / "out", cache_dir=cache, epochs=1,
+                     learning_rate="1e-9", pretrained_weights=out / "model.keras", metrics_port=free_port(), **TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    n = sum(1 for layer in keras.models.load_model(out / "model.keras").layers if layer.weights)
+    assert f"carried {n - 1} of {n} layers with weights; not carried: logits (other classes there" in result.stderr
+    pretrained, tuned = (keras.models.load_model(p / "model.keras") for p in (out, tmp_path / "out"))
+    assert not np.allclose(pretrained.get_layer("logits").kernel, tuned.get_layer("logits").kernel, atol=1e-3)
+    first = next(layer.name for layer in pretrained.layers if layer.weights)
+    assert np.allclose(pretrained.get_layer(first).weights[0], tuned.get_layer(first).weights[0], atol=1e-6)
+
+
 def test_evaluate_mode_scores_the_saved_model(trained, cache):
     out, _ = trained
     result = run_job(output_dir=out, cache_dir=cache, mode="evaluate", metrics_port=free_port(), **TINY)

@@ -91,8 +91,8 @@ class Settings(BaseSettings):
                                          "weights)")
     freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="tsn and tsm: train only the head for this "
                                         "many epochs, then everything")
-    pretrained_weights: FilePath | None = Field(None, description="local weights file of the whole model to start "
-                                                "from")
+    pretrained_weights: FilePath | None = Field(None, description="a vidtrain model.keras to start from (trained on "
+                                                "any classes: a head for other classes starts afresh)")
     mixed_precision: Literal["off", "bf16", "fp16"] = Field("off", description="compute in bfloat16 (CPUs with "
                                                             "AVX512-BF16 or AMX, GPUs) or float16 (GPUs only)")
     epochs: int = Field(12, ge=1, le=10000, description="total training epochs (a resumed job counts on)")

@@ -37,6 +37,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -208,7 +209,7 @@ def sequences(settings: Settings, splits: Splits, metrics: JobMetrics, shard: tu
 PRECISION = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
 
 
-def new_model(settings: Settings, num_classes: int) -> keras.Model:
+def new_model(settings: Settings, num_classes: int, class_names: list[str] | None = None) -> keras.Model:
     """The settings' model, compiled with the recipe's optimizer. Under MIXED_PRECISION its layers
     compute in bfloat16 or float16 (the logits stay float32); the policy is the model's own, saved
     with it, so nothing global outlives the building."""
@@ -225,18 +226,19 @@ def new_model(settings: Settings, num_classes: int) -> keras.Model:
         keras.config.set_dtype_policy("float32")
     _keep_precision_correct(model, settings)
     if settings.pretrained_weights:
-        carry_weights(model, settings)
+        carry_weights(model, settings, class_names)
     model.compile(optimizer=recipe.optimizer(settings),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)  # every variable, also those a frozen start leaves out
     return model
 
 
-def carry_weights(model: keras.Model, settings: Settings) -> None:
-    """Start from PRETRAINED_WEIGHTS: a model.keras (vidtrain's, any class count) gives every layer whose
-    weights have the shapes of this model's, layer by layer in order (so the classifier head of a model
-    trained on other classes starts afresh); the log names what was not carried. Exit 2 (ConfigProblem)
-    for a file of another architecture, or one whose layers but the head do not fit."""
+def carry_weights(model: keras.Model, settings: Settings, class_names: list[str] | None = None) -> None:
+    """Start from PRETRAINED_WEIGHTS: a model.keras (vidtrain's, any classes) gives every layer whose
+    weights have the shapes of this model's, layer by layer in order; the classifier head of a model
+    trained on other classes starts afresh (another class count, or other names in the classes.json
+    beside the file); the log names what was not carried. Exit 2 (ConfigProblem) for a file of another
+    architecture, or one whose layers but the head do not fit."""
     path, name = settings.pretrained_weights, env_name("pretrained_weights")
     shape = (f"the {settings.model} model at FRAMES x HEIGHT x WIDTH {settings.frames}x{settings.height}x"
              f"{settings.width}")
@@ -253,11 +255,16 @@ def carry_weights(model: keras.Model, settings: Settings) -> None:
     if any(layer != mine[-1].name for layer in left):
         raise ConfigProblem(f"{name}={path}: these weights do not fit {shape}: the layers {', '.join(left)} have "
                             "other shapes")
+    head = f"; not carried: {mine[-1].name} ({theirs[-1].weights[-1].shape[-1]} classes there, " \
+           f"{mine[-1].weights[-1].shape[-1]} here), which starts afresh" if left else ""
+    beside = Path(path).parent / "classes.json"
+    if not left and class_names is not None and beside.is_file() and \
+            json.loads(beside.read_text()) != list(class_names):
+        left = [mine[-1].name]
+        head = f"; not carried: {left[0]} (other classes there, {beside}), which starts afresh"
     for a, b in zip(mine, theirs):
         if a.name not in left:
             a.set_weights(b.get_weights())
-    head = f"; not carried: {left[0]} ({theirs[-1].weights[-1].shape[-1]} classes there, " \
-           f"{mine[-1].weights[-1].shape[-1]} here), which starts afresh" if left else ""
     log.info("%s=%s: carried %d of %d layers with weights%s", name, path, len(mine) - len(left), len(mine), head)
 
 
@@ -377,7 +384,8 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     train_seq, val_seq = sequences(settings, splits, metrics, shard=(world.index, world.count))
     steps = steps_per_epoch(len(splits.train), settings.batch_size, world.count)
     with world.strategy.scope():
-        model = _restore(resume, settings) if resume else new_model(settings, len(splits.class_names))
+        model = _restore(resume, settings) if resume else new_model(settings, len(splits.class_names),
+                                                                    splits.class_names)
     pos = resume or Position()
     if resume is not None:
         start = recipe.schedule_start(pos.epoch, pos.step, pos.schedule_start, pos.settings.get("epochs"),
