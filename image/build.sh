@@ -2,8 +2,7 @@
 # Builds the CPU image from the unmodified Dockerfile with podman, on a Debian machine that
 # has no Docker engine and reaches no image registry (`make image`; `make image-test` checks it).
 #   1. Debian's podman, runc, netavark/aardvark-dns (+ iptables, which netavark needs),
-#      catatonit (kube play's pause image), debootstrap, and kubectl if the machine has
-#      none (Debian's kubernetes-client).
+#      catatonit (kube play's pause image), debootstrap (kubectl comes with .venv).
 #   2. The base, once per machine: debootstrap --variant=minbase bookworm + podman import,
 #      then python-base.Containerfile: a stand-in for python:3.11-slim-bookworm.
 #   3. podman build of the Dockerfile's default (CPU) target with PYTHON_IMAGE pointing at it.
@@ -28,7 +27,6 @@ for tool in podman:podman runc:runc debootstrap:debootstrap netavark:/usr/lib/po
             aardvark-dns:/usr/lib/podman/aardvark-dns iptables:iptables catatonit:catatonit; do
   command -v "${tool#*:}" >/dev/null || packages+=("${tool%%:*}")
 done
-command -v kubectl >/dev/null || packages+=(kubernetes-client)
 if ((${#packages[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"
