@@ -323,33 +323,21 @@ class DatasetIndex:
         """`items` but those the probe left out."""
         return [item for item in items if item[0] not in self.left_out]
 
-    def write(self, folder: str | os.PathLike) -> Path:
-        """Write atomically to `folder`/index.json (a reader sees the old index or the new one)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-
+    def to_json(self) -> dict:
+        """The index as index.json holds it (also what the chief sends the other workers)."""
         def split(items):
             return None if items is None else {"paths": [p for p, _ in items], "labels": [lb for _, lb in items],
                                                "frames": [self.frames.get(p) for p, _ in items]}
 
-        write_json_atomic(folder / INDEX_FILE, {
-            "version": INDEX_VERSION, "built": self.built, "source": self.source, "lists_sha256": self.lists_sha256,
-            "complete": self.complete, "class_names": self.class_names, "train": split(self.train),
-            "val": split(self.val), "skipped": [asdict(s) for s in self.skipped],
-            "val_skipped": [asdict(s) for s in self.val_skipped]}, indent=None)
-        return folder / INDEX_FILE
+        return {"version": INDEX_VERSION, "built": self.built, "source": self.source, "lists_sha256": self.lists_sha256,
+                "complete": self.complete, "class_names": self.class_names, "train": split(self.train),
+                "val": split(self.val), "skipped": [asdict(s) for s in self.skipped],
+                "val_skipped": [asdict(s) for s in self.val_skipped]}
 
     @classmethod
-    def read(cls, folder: str | os.PathLike) -> DatasetIndex | None:
-        """The index in `folder`, or None when there is none (or it is of another version). Raises
-        ValueError naming the file when it cannot be parsed."""
-        path = Path(folder) / INDEX_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path} cannot be read ({exc})") from None
+    def from_json(cls, data, where: str) -> DatasetIndex | None:
+        """The index `to_json` gave, or None for another version. Raises ValueError naming `where`
+        when it is malformed."""
         if not isinstance(data, dict) or data.get("version") != INDEX_VERSION:
             return None
         frames = {}
@@ -365,7 +353,27 @@ class DatasetIndex:
                        data["lists_sha256"], frames, [Skipped(**s) for s in data["skipped"]],
                        [Skipped(**s) for s in data["val_skipped"]], data["complete"], data["built"])
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path} cannot be read (no {exc})") from None
+            raise ValueError(f"{where} cannot be read (no {exc})") from None
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """Write atomically to `folder`/index.json (a reader sees the old index or the new one)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / INDEX_FILE, self.to_json(), indent=None)
+        return folder / INDEX_FILE
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> DatasetIndex | None:
+        """The index in `folder`, or None when there is none (or it is of another version). Raises
+        ValueError naming the file when it cannot be parsed."""
+        path = Path(folder) / INDEX_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} cannot be read ({exc})") from None
+        return cls.from_json(data, str(path))
 
 
 def lists_digest(train: list[Item], val: list[Item] | None) -> str:

@@ -32,7 +32,7 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards_and_share_the_evaluati
 
     from jobs import job, settings
 
-    cache, out = tmp_path / "cache", tmp_path / "out"  # one output volume for both, as in Kubernetes
+    cache, out = tmp_path / "cache", tmp_path / "out"  # the chief's output; worker 1's stays untouched
     make_demo_dataset(cache / "demo", 5, 2, 0)  # 25 train clips: shards of 13 and 12, one batch apart
     broken = sorted((cache / "demo" / "train" / "swipe_left").glob("*.mp4"))[1]
     broken.write_bytes(b"\0" * 4096)
@@ -42,7 +42,7 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards_and_share_the_evaluati
                   height=32, width=32, batch_size=4, demo_clips_per_class=5, eval_clips=2)
 
     def start(index):
-        env = job_env(metrics_port=metrics_ports[index], **common)
+        env = job_env(metrics_port=metrics_ports[index], **common | ({"output_dir": tmp_path / "w1"} if index else {}))
         env["JOB_COMPLETION_INDEX"] = str(index)  # what Kubernetes sets in an Indexed Job's pods
         return subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py")], env=env, cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -60,6 +60,7 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards_and_share_the_evaluati
     logs = finish(workers, [0, 0])
     assert "dataset index written" in logs[0] and "dataset index written" not in logs[1]
     assert "indexing" not in logs[1]  # worker 1 neither lists nor probes
+    assert not (tmp_path / "w1").exists()  # nor reads or writes an output folder: the chief sent it the index
 
     records = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
     assert records[0]["trainable_sha256"] == records[1]["trainable_sha256"]
@@ -95,19 +96,26 @@ def test_two_workers_train_in_lockstep_on_disjoint_shards_and_share_the_evaluati
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_path):
     """Kubernetes may signal one pod (an eviction): the stop is agreed over all-reduce, so
     both stop at the same step (exit 143), the chief checkpoints, and a restart finishes with
-    the history and weights of an uninterrupted run."""
+    the history and weights of an uninterrupted run. Worker 1 has no output folder of its own: the
+    clips that failed on it reach the chief's checkpoint, and the restart gets them back, with the
+    checkpoint, from the chief."""
     import signal
     import subprocess
     import sys
 
+    from conftest import lying_clip
+
     cache, out = tmp_path / "cache", tmp_path / "out"
     make_demo_dataset(cache / "demo", 5, 2, 0)  # shards 13 / 12 clips: 7 steps an epoch at batch 2
+    for clip in sorted((cache / "demo" / "train").glob("*/*_00[23].mp4"))[:6]:  # decoding fails, the probe passes
+        lying_clip(clip)
     grpc_port, ports = free_port(), [free_port(), free_port()]
 
     def start(output=out):
         procs = []
         for index in range(2):
-            env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=ports[index], output_dir=output,
+            env = job_env(num_workers=2, worker_port=grpc_port, metrics_port=ports[index],
+                          output_dir=output if index == 0 else tmp_path / "w1",
                           cache_dir=cache, epochs=6, frames=16, height=64, width=64, batch_size=2,
                           demo_clips_per_class=5)
             env["JOB_COMPLETION_INDEX"] = str(index)
@@ -125,6 +133,9 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_both_resume(tmp_p
             p.kill()
         raise
     finish(first, [143, 143], timeout=120)
+    assert not (tmp_path / "w1").exists()
+    failed = {w: list((out / "checkpoints").glob(f"failed-*-w{w}.json")) for w in (0, 1)}
+    assert failed[0] and failed[1], failed  # the chief wrote what failed on each worker
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epoch"] < 6 and (state["epoch"], state["step"]) != (0, 0)
     assert {len(v) for v in state["history"].values()} == {state["epoch"]}  # completed epochs only

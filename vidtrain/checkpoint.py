@@ -93,7 +93,11 @@ class Position:
     finished: bool = False
     schedule_start: int = 0  # the epoch the rate schedule began at (vidtrain.recipe.schedule_start)
     best: dict = field(default_factory=dict)  # FINAL_MODEL=best: {"epoch", "val_accuracy"} of the best so far
+    # Where this process finds what the record names (not part of it): the model file, the best epoch's
+    # weights, and the clips that failed on this worker before the stop.
     model_file: Path | None = None
+    best_file: Path | None = None
+    failed: list | None = None
 
 
 class ResumeMismatch(ValueError):
@@ -155,8 +159,8 @@ class Checkpointer:
         name = f"ckpt-e{position.epoch:04d}-s{position.step:06d}"
         write_atomic(self.folder / f"{name}.keras", model.save)
         position = replace(position, model_file=self.folder / f"{name}.keras")
-        write_json_atomic(self.folder / f"{name}.json", _record(position))
-        write_json_atomic(self.folder / STATE, _record(position))
+        write_json_atomic(self.folder / f"{name}.json", record_of(position))
+        write_json_atomic(self.folder / STATE, record_of(position))
         for old in sorted(self.folder.glob("ckpt-*.json"))[:-KEEP]:
             if old.stem != name:  # the record first: a kill in between leaves an orphan, removed at the next start
                 old.unlink(missing_ok=True)
@@ -176,8 +180,8 @@ class Checkpointer:
 
     def save_failures(self, position: Position, worker: int, failed: list[dict]) -> None:
         """The clips that failed to decode on `worker` up to `position`, each with the last epoch it
-        failed in (loader.VideoSequence.failure_records; each worker, at each checkpoint; nothing is
-        written while none failed)."""
+        failed in (loader.VideoSequence.failure_records; the chief writes every worker's, gathered at
+        each checkpoint; nothing is written while none failed)."""
         if failed:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.folder / _failures_name(position.epoch, position.step, worker),
@@ -201,7 +205,7 @@ class Checkpointer:
         """Record that the final outputs of the position in state.json are written."""
         position = self.latest()
         if position is not None:
-            write_json_atomic(self.folder / STATE, _record(replace(position, finished=True)))
+            write_json_atomic(self.folder / STATE, record_of(replace(position, finished=True)))
 
     def remove_stale(self) -> None:
         """What a kill left (the chief, at start, before writing): temporary files of an interrupted
@@ -251,19 +255,30 @@ def _failures_name(epoch: int, step: int, worker: int) -> str:
     return f"failed-e{epoch:04d}-s{step:06d}-w{worker}.json"
 
 
-def _record(position: Position) -> dict:
+LOCAL = ("model_file", "best_file", "failed")  # Position's fields that are this process's, not the record's
+
+
+def record_of(position: Position) -> dict:
+    """The checkpoint's record of `position` (its JSON), naming the model file by its name."""
     state = asdict(position) | {"model": position.model_file.name}
-    del state["model_file"]
+    for name in LOCAL:
+        del state[name]
     return state
+
+
+def position_of(state: dict, model_file: Path) -> Position:
+    """The Position a record holds, its model in `model_file`."""
+    state = {k: v for k, v in state.items() if k != "model"}
+    state["sums"] = tuple(state.get("sums", (0.0, 0.0, 0.0)))
+    known = set(Position.__dataclass_fields__) - set(LOCAL)
+    return Position(**{k: v for k, v in state.items() if k in known}, model_file=model_file)
 
 
 def _load(record: Path, folder: Path) -> Position:
     """The position in `record`, after checking that its model file is a complete archive."""
     state = json.loads(record.read_text())
-    model_file = folder / state.pop("model")
+    model_file = folder / state["model"]
     with zipfile.ZipFile(model_file) as archive:  # a truncated .keras file fails here, not mid-load
         if (bad := archive.testzip()) is not None:
             raise ValueError(f"{model_file.name} is damaged ({bad})")
-    state["sums"] = tuple(state.get("sums", (0.0, 0.0, 0.0)))
-    known = set(Position.__dataclass_fields__)
-    return Position(**{k: v for k, v in state.items() if k in known}, model_file=model_file)
+    return position_of(state, model_file)

@@ -49,10 +49,6 @@ class NoDataError(RuntimeError):
     """No usable data (exit code 3)."""
 
 
-class IndexMismatch(ValueError):
-    """The index on the output volume was built from other lists than the settings name (exit code 2)."""
-
-
 @dataclass
 class Splits:
     """The clips of this run: `train` and `val` (listed, or held out of the listed training clips),
@@ -80,27 +76,33 @@ def index_folder(settings: Settings) -> Path:
     return settings.output_dir / INDEX_FOLDER
 
 
-def assemble(settings: Settings, build: bool = True, pinned: bool = False) -> Splits:
+def assemble(settings: Settings, pinned: bool = False) -> Splits:
     """The configured data, from the dataset index: read when one made from the same lists exists
-    (unless VIDTRAIN_REINDEX), else listed anew (`build`; a worker other than the chief never lists:
-    it reads the chief's index, whatever changed since). `pinned` (a checkpoint exists) keeps an
-    index whose lists changed since: the checkpoint was trained on its clips. Raises NoDataError when
-    a class or a split has no clips."""
+    (unless VIDTRAIN_REINDEX), else listed anew. `pinned` (a checkpoint exists) keeps an index whose
+    lists changed since: the checkpoint was trained on its clips. Raises NoDataError when a class or a
+    split has no clips. (The chief's: the other workers take its splits, `splits_of` its index.)"""
     wanted, root = _source(settings), None if settings.train_manifest else _root(settings)
     index = _read_index(settings)
-    if index is not None and index.source == wanted and not (settings.reindex and build):
+    if index is not None and index.source == wanted and not settings.reindex:
         fresh = False
-        if build and index.lists_sha256 != (sources := _sources_digest(settings, root)):
+        if index.lists_sha256 != (sources := _sources_digest(settings, root)):
             index, fresh = _changed(settings, root, index, sources, pinned)
         if not fresh:
             log.info("dataset index: %s (listed %s; %s)", index_folder(settings), _when(index.built),
                      "every clip probed" if index.complete else "the probe goes on in the background")
-    elif not build:
-        raise IndexMismatch(f"no dataset index for these lists in {index_folder(settings)}: the chief (worker 0) "
-                            "writes it before the workers start training")
     else:
         index, fresh = _listed(settings, root), True
     return _splits(settings, index, fresh, str(settings.train_manifest or root))
+
+
+def source_name(settings: Settings) -> str:
+    """The data's name in messages: the training list, or the folder of class folders."""
+    return str(settings.train_manifest or _root(settings))
+
+
+def splits_of(settings: Settings, index: DatasetIndex) -> Splits:
+    """The splits of an index the chief sent (a worker other than the chief reads no index of its own)."""
+    return _splits(settings, index, False, source_name(settings))
 
 
 def _changed(settings: Settings, root: Path | None, index: DatasetIndex, sources: str,

@@ -9,14 +9,18 @@ SIGTERM after a checkpoint (130 for SIGINT).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from loader import (
+    DatasetIndex,
     DecodeError,
     ManifestError,
     ProbeInterrupted,
@@ -33,6 +37,7 @@ from loader.decode import IMAGE_EXTENSIONS
 from loader.sequence import ClipsUnavailable
 from vidtrain import report
 from vidtrain.checkpoint import (
+    BEST,
     Checkpointer,
     CheckpointError,
     Position,
@@ -40,9 +45,11 @@ from vidtrain.checkpoint import (
     agreed,
     check_resume,
     fingerprint,
+    position_of,
+    record_of,
 )
 from vidtrain.control import Diverged, Stopped, StopRequest
-from vidtrain.data import IndexMismatch, IndexProbe, NoDataError, Splits, assemble, write_index
+from vidtrain.data import IndexProbe, NoDataError, Splits, assemble, splits_of, write_index
 from vidtrain.export import export_saved_model, read_meta
 from vidtrain.metrics import JobMetrics, push_outcome, serve
 from vidtrain.peers import EXIT_PEER_LOST, PeerLost
@@ -88,7 +95,7 @@ def run(settings: Settings, progress: bool, registry: CollectorRegistry | None =
     except (NoDataError, DecodeError, ManifestError) as exc:
         log.error("no usable data: %s", exc)
         return EXIT_NO_DATA
-    except (ConfigProblem, ResumeMismatch, CheckpointError, IndexMismatch) as exc:
+    except (ConfigProblem, ResumeMismatch, CheckpointError) as exc:
         log.error("invalid configuration: %s", exc)
         return EXIT_CONFIG
     except Diverged as exc:
@@ -168,8 +175,8 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def _prepare(settings: Settings, build: bool = True, pinned: bool = False) -> Splits:
-    splits = assemble(settings, build=build, pinned=pinned)
+def _prepare(settings: Settings, splits: Splits) -> Splits:
+    """`splits`, after the checks the data allows before training: the decode device, flip twins."""
     try:
         check_decode_device(settings.decode_device, splits.train[0][0])
     except RuntimeError as exc:
@@ -185,42 +192,90 @@ def _prepare(settings: Settings, build: bool = True, pinned: bool = False) -> Sp
 
 
 def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: StopRequest, events=None) -> int:
-    """List the data (or read the index), check a resume, train while the index's probe runs. In
-    multi-worker training the chief (worker 0) lists first and joins the others once its index is
-    written, so the others meet it before they read the index: every worker trains from the chief's
-    index, with the same shards and steps."""
-    chief = not settings.distributed or settings.ranks()[0] == 0
+    """List the data (or read the index), check a resume, train while the index's probe runs. Only the
+    chief (worker 0) reads and writes OUTPUT_DIR: it lists the data and finds the checkpoint, then
+    joins the others and sends them its index and the resume state (_from_chief); every worker trains
+    from the chief's index, with the same shards and steps."""
+    chief = settings.writes_outputs
     world = None if chief else _make_world(settings, stop)
     checkpoints = settings.output_dir / "checkpoints"
-    resume = Checkpointer(checkpoints).latest()
-    splits = _prepare(settings, build=chief, pinned=resume is not None)
-    workers = len(settings.ranks()[1]) if settings.distributed else 1
-    current = fingerprint(settings, workers, splits.class_names, splits.train)
-    if resume is not None:
-        check_resume(resume, current, settings, checkpoints)
+    splits = resume = None
     if chief:
+        resume = Checkpointer(checkpoints).latest()
+        splits = _prepare(settings, assemble(settings, pinned=resume is not None))
+        _check_resume(settings, splits, resume)
         write_index(settings, splits)
-    world = world or _make_world(settings, stop)  # the chief joins: the others go on reading its index
-    _check_agreement(world, agreed(settings, splits.train, splits.val, splits.class_names, resume))
-    if resume is not None and (done := _already_done(settings, resume)):
-        log.info("%s", done)
-        world.leave()
-        return EXIT_OK
-    indexing = IndexProbe(settings, splits, metrics, stop_when=lambda: stop.requested).start() if chief else None
-    stop.immediate = False  # from here a stop request ends the current step and checkpoints
-    try:
-        return _train(settings, splits, metrics, stop, world, resume, current, progress, events, indexing)
-    except ClipsUnavailable:
-        # Clips that fail to decode one after the other: bad data, if the probe finds it so (exit 3), else
-        # a failing storage (exit 1).
-        if indexing is not None and (problem := indexing.wait()) is not None:
-            raise problem from None
-        raise
+    world = world or _make_world(settings, stop)  # the chief joins once its index is written
+    with tempfile.TemporaryDirectory(prefix="vidtrain-from-chief-") as scratch:
+        splits, resume = _from_chief(world, settings, splits, resume, Path(scratch))
+        if not chief:
+            splits = _prepare(settings, splits)
+            _check_resume(settings, splits, resume)
+        _check_agreement(world, agreed(settings, splits.train, splits.val, splits.class_names, resume))
+        if resume is not None and (done := _already_done(settings, resume)):
+            log.info("%s", done)
+            world.leave()
+            return EXIT_OK
+        indexing = IndexProbe(settings, splits, metrics, stop_when=lambda: stop.requested).start() if chief else None
+        stop.immediate = False  # from here a stop request ends the current step and checkpoints
+        current = fingerprint(settings, _worker_count(settings), splits.class_names, splits.train)
+        try:
+            return _train(settings, splits, metrics, stop, world, resume, current, progress, events, indexing)
+        except ClipsUnavailable:
+            # Clips that fail to decode one after the other: bad data, if the probe finds it so (exit 3),
+            # else a failing storage (exit 1).
+            if indexing is not None and (problem := indexing.wait()) is not None:
+                raise problem from None
+            raise
+
+
+def _worker_count(settings: Settings) -> int:
+    return len(settings.ranks()[1]) if settings.distributed else 1
+
+
+def _check_resume(settings: Settings, splits: Splits, resume: Position | None) -> None:
+    if resume is not None:
+        current = fingerprint(settings, _worker_count(settings), splits.class_names, splits.train)
+        check_resume(resume, current, settings, settings.output_dir / "checkpoints")
+
+
+def _from_chief(world, settings: Settings, splits: Splits | None, resume: Position | None,
+                scratch: Path) -> tuple[Splits, Position | None]:
+    """What the chief read from OUTPUT_DIR, on every worker: its dataset index and the resume state (the
+    checkpoint's record and model file, the best epoch's weights, the clips that failed on each worker
+    before the stop), sent over the workers' own connection (World.broadcast). So no worker but the
+    chief reads or writes OUTPUT_DIR: the output volume needs to be the chief's only. The others keep
+    the files in `scratch` while they train."""
+    checkpoints = Checkpointer(settings.output_dir / "checkpoints")
+    if world.chief and resume is not None:
+        best = checkpoints.best_weights
+        resume = replace(resume, best_file=best if resume.best and best.exists() else None,
+                         failed=checkpoints.failures(resume, 0))
+    if world.count == 1:
+        return splits, resume
+    header = None
+    if world.chief:
+        header = {"index": splits.index.to_json(), "resume": None if resume is None else record_of(resume),
+                  "failed": None if resume is None else [checkpoints.failures(resume, w) for w in range(world.count)],
+                  "best": resume is not None and resume.best_file is not None}
+    header = json.loads(world.broadcast(json.dumps(header).encode()))
+    model = world.broadcast(resume.model_file.read_bytes() if world.chief else b"") if header["resume"] else None
+    best = world.broadcast(resume.best_file.read_bytes() if world.chief else b"") if header["best"] else None
+    if world.chief:
+        return splits, resume
+    splits = splits_of(settings, DatasetIndex.from_json(header["index"], "the chief's dataset index"))
+    if header["resume"] is None:
+        return splits, None
+    (scratch / "checkpoint.keras").write_bytes(model)
+    if best is not None:
+        (scratch / BEST).write_bytes(best)
+    return splits, replace(position_of(header["resume"], scratch / "checkpoint.keras"),
+                           best_file=scratch / BEST if best is not None else None,
+                           failed=header["failed"][world.index])
 
 
 class WorkersDisagree(RuntimeError):
-    """The workers read different indexes or checkpoints (a stale copy of the output volume): exit 1,
-    so that they restart together and read them again."""
+    """The workers hold different indexes or resume positions: exit 1, so that they restart together."""
 
 
 def _check_agreement(world, digests: dict) -> None:
@@ -232,9 +287,8 @@ def _check_agreement(world, digests: dict) -> None:
     if "settings" in differ:
         raise ConfigProblem(f"the workers run with different settings (this worker's: {mine}): every worker needs "
                             "the same VIDTRAIN_* values but for its index, ports, caches and loader threads")
-    raise WorkersDisagree(f"the workers disagree on the {' and the '.join(differ)} (this worker's: {mine}); a "
-                          f"worker read a stale copy of the output folder? stopping with exit {EXIT_OUTPUT} so "
-                          "that they restart together and read it again")
+    raise WorkersDisagree(f"the workers disagree on the {' and the '.join(differ)} (this worker's: {mine}); "
+                          f"stopping with exit {EXIT_OUTPUT} so that they restart together")
 
 
 def _make_world(settings: Settings, stop: StopRequest):
@@ -386,7 +440,7 @@ def evaluate_mode(settings: Settings, metrics: JobMetrics, progress: bool) -> in
     from vidtrain.train import sequences
 
     model, class_names, settings = _load_model(settings)
-    splits = _prepare(settings, pinned=True)
+    splits = _prepare(settings, assemble(settings, pinned=True))
     if splits.class_names != class_names:
         raise ConfigProblem(f"the data's classes {splits.class_names} differ from the model's {class_names}")
     _, val_seq = sequences(settings, splits, metrics, eval_clips=settings.eval_clips,

@@ -201,8 +201,8 @@ class Settings(BaseSettings):
                 problems.append(("pushgateway_url", "must be an http(s) URL"))
         if self.pretrained_weights is not None and not os.access(self.pretrained_weights, os.R_OK):
             problems.append(("pretrained_weights", f"{self.pretrained_weights} is not readable"))
-        if self.mode != "prepare" and (problem := _writable(self.output_dir)):  # prepare writes to PREPARE_DIR
-            problems.append(("output_dir", problem))
+        if self.mode != "prepare" and self.writes_outputs and (problem := _writable(self.output_dir)):
+            problems.append(("output_dir", problem))  # prepare writes to PREPARE_DIR; a worker but the chief, nowhere
         if problems:
             raise ValueError("\n".join(f"{variable(field)}: {text}" for field, text in problems))
         return self
@@ -226,6 +226,15 @@ class Settings(BaseSettings):
     @property
     def distributed(self) -> bool:
         return self.num_workers > 1 or self.tf_config is not None
+
+    @property
+    def writes_outputs(self) -> bool:
+        """Whether this process reads and writes OUTPUT_DIR: one worker, or the chief of several (the others
+        get what they need from the chief over their own connection)."""
+        try:
+            return not self.distributed or self.ranks()[0] == 0
+        except (KeyError, TypeError, AttributeError):  # a malformed TF_CONFIG: reported on its own
+            return True
 
     def cluster(self) -> dict:
         """TF_CONFIG for this worker: as given by a training operator, or built from the worker

@@ -103,6 +103,19 @@ class World:
             summed = _sum(self.strategy, rows.view(np.int32)).numpy().view(np.uint8)
         return [json.loads(bytes(summed[w, :lengths[w]])) for w in range(self.count)]
 
+    def broadcast(self, data: bytes) -> bytes:
+        """The chief's `data` on every worker (what the others pass is ignored), in two all-reduces: the
+        length, then the bytes, the others adding zeros."""
+        if self.count == 1:
+            return data
+        length = int(self.total(np.float64([len(data) if self.chief else 0]))[0])
+        words = np.zeros(-(-length // 4), np.int32)
+        if self.chief:
+            words.view(np.uint8)[:length] = np.frombuffer(data, np.uint8)
+        with _collectives(self):
+            summed = _sum(self.strategy, words).numpy()
+        return summed.view(np.uint8)[:length].tobytes()
+
     def disagreements(self, digests: dict[str, str]) -> list[str]:
         """The names whose digest (hex) is not the same on every worker, in one all-reduce: each
         digest's bytes and their squares are summed over the workers, and n x sum(b^2) = sum(b)^2
@@ -405,14 +418,13 @@ def train(settings: Settings, splits: Splits, metrics: JobMetrics, stop: StopReq
     train_seq.set_epoch(first_epoch)
     if resume and resume.best and settings.final_model == "best":  # the best epoch's weights, kept on disk
         current = model.get_weights()
-        model.load_weights(checkpointer.best_weights)
+        model.load_weights(resume.best_file)
         loop.best_weights = model.get_weights()
         model.set_weights(current)
     if resume:  # clips that failed before the stop: reported, and this epoch's replaced as they were
-        failed = checkpointer.failures(resume, world.index)
         for seq in (train_seq, val_seq):
             if seq is not None:
-                seq.restore_failures(failed)
+                seq.restore_failures(resume.failed or [])
     remaining = max((settings.epochs - first_epoch) * len(train_seq) - first_step, 0)
     with PrefetchGenerator(train_seq, settings.loader_workers, settings.prefetch_batches, infinite=True,
                            start=first_step, metrics=metrics.loader("train"), count=remaining) as batches:
@@ -497,24 +509,20 @@ class _Loop:
             pos, halted = self._train_epoch(pos, batches, train_seq, bar)
             self.ops.sync_statistics()
             if halted:  # agreed by every worker at the same step (also at the epoch's last one)
-                # No collective follows: the others may exit while the chief writes the checkpoint.
-                self.world.leave()
                 if bar is not None:
                     bar.update(pos.step, finalize=True)  # the line ends where the epoch stopped
-                self._save(pos)
+                self._save(pos, leave=True)  # no collective follows: the others may exit while the chief writes
                 return pos, True
             self._save(pos)  # trained, validation pending: a kill while the workers validate loses no training
             sums = self._validate(pos.epoch, val_seq)
             stop_any, val_missing = self.ops.agree(np.float32([self.stop.requested, sums is None])).numpy()
             if not val_missing:  # every worker's shard validated: the scores of the whole set
                 val = report.scores_of(self.world.total(sums))
-            if stop_any:  # agreed, and no collective follows (as above)
-                self.world.leave()
             if not val_missing:
-                pos = self._complete_epoch(pos, val, bar)
-            if stop_any:
+                pos = self._complete_epoch(pos, val, bar, leave=bool(stop_any))
+            if stop_any:  # agreed, and no collective follows the checkpoint (as above)
                 if val_missing:  # validation was cut short: the epoch stays open, its training done
-                    self._save(pos)
+                    self._save(pos, leave=True)
                 return pos, True
         return pos, False
 
@@ -575,7 +583,7 @@ class _Loop:
                                on_batch=lambda b: self.events.after_val_batch(epoch, b),
                                num_classes=self.ops.loss_args[0])
 
-    def _complete_epoch(self, pos: Position, val: dict | None, bar) -> Position:
+    def _complete_epoch(self, pos: Position, val: dict | None, bar, leave: bool = False) -> Position:
         loss, hits, clips = pos.sums
         self._set_rate(pos, self.steps - 1)  # a resumed epoch with no step left has not set it
         logs = {"loss": loss / clips, "accuracy": hits / clips, "learning_rate": self._rate}
@@ -596,7 +604,7 @@ class _Loop:
             bar.update(self.steps, list(logs.items()), finalize=True)
         log.info("epoch %d/%d: %s", epoch, self.settings.epochs, " - ".join(f"{k} {v:.4g}" for k, v in logs.items()))
         pos = Position(epoch=epoch, history=history, schedule_start=pos.schedule_start, best=best)
-        self._save(pos)
+        self._save(pos, leave)
         if self.world.chief:
             report.write_history(self.settings.output_dir, history)
             self._board(epoch, logs)
@@ -625,14 +633,23 @@ class _Loop:
         self.board.epoch(epoch, logs, data_wait_share=(self._train_wait() - wait) / seconds,
                          clips_per_second=(self.clips_trained - clips) / seconds)
 
-    def _save(self, pos: Position) -> None:
-        """Checkpoint `pos`: the chief writes the model and the record, with what makes it meaningful
-        (random states, fingerprint, settings); every worker writes the clips that failed on it."""
-        if self._saved_at == (pos.epoch, pos.step):
+    def _save(self, pos: Position, leave: bool = False) -> None:
+        """Checkpoint `pos` (every worker calls it at the same position): the clips that failed on each
+        worker are gathered, and the chief writes them, the model and the record, with what makes it
+        meaningful (random states, fingerprint, settings). `leave`: a stop's checkpoint, after which no
+        collective follows: the peer watch ends once the clips are gathered, before the chief writes
+        (the others exit meanwhile)."""
+        fresh = self._saved_at != (pos.epoch, pos.step)
+        if fresh:
+            failed = self.world.gather_json([record for seq in self.sequences if seq is not None
+                                             for record in seq.failure_records()])
+        if leave:
+            self.world.leave()
+        if not fresh:
             return
-        failed = [record for seq in self.sequences if seq is not None for record in seq.failure_records()]
-        self.checkpointer.save_failures(pos, self.world.index, failed)
         if self.world.chief:
+            for worker, records in enumerate(failed):
+                self.checkpointer.save_failures(pos, worker, records)
             rng = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
             # Saved with every layer trainable: a model loaded from it builds its optimizer for every
             # variable, as new_model did, so the optimizer's state loads whole (a frozen backbone's too).
