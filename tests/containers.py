@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jobs import KUBECTL
+from jobs import KUBECTL, kubelet_env
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("VIDTRAIN_TEST_IMAGE", "localhost/vidtrain:test")
@@ -90,12 +90,13 @@ def render(tmp_path: Path, base: str, settings: dict, env: dict | None = None) -
     the worker container's own env (a JobSet's or Indexed Job's)."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
-    pod_path = {"Job": "/spec/template/spec", "JobSet": "/spec/replicatedJobs/0/template/spec/template/spec"}
+    pod_paths = {"Job": ["/spec/template/spec"],
+                 "JobSet": [f"/spec/replicatedJobs/{i}/template/spec/template/spec" for i in (0, 1)]}
     patches = [{"patch": yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap",
                                          "metadata": {"name": "vidtrain-config"}, "data": settings})}]
-    for kind, path in pod_path.items():
+    for kind, paths in pod_paths.items():
         patches.append({"target": {"kind": kind}, "patch": yaml.safe_dump(
-            [{"op": "replace", "path": f"{path}/containers/0/resources", "value": SMALL_RESOURCES}])})
+            [{"op": "replace", "path": f"{path}/containers/0/resources", "value": SMALL_RESOURCES} for path in paths])})
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -107,9 +108,9 @@ def render(tmp_path: Path, base: str, settings: dict, env: dict | None = None) -
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(result.stdout))
     for doc in documents:  # the env values a test changes (a shorter peer timeout)
-        job = doc if doc["kind"] == "Job" else doc["spec"]["replicatedJobs"][0]["template"] \
-            if doc["kind"] == "JobSet" else None
-        for variable in (job["spec"]["template"]["spec"]["containers"][0].get("env", []) if job else []):
+        jobs = [doc] if doc["kind"] == "Job" else [r["template"] for r in doc["spec"]["replicatedJobs"]] \
+            if doc["kind"] == "JobSet" else []
+        for variable in (v for job in jobs for v in job["spec"]["template"]["spec"]["containers"][0].get("env", [])):
             if variable["name"] in (env or {}):
                 variable["value"] = env[variable["name"]]
     return documents
@@ -146,19 +147,25 @@ def pods_of(job: dict) -> list[dict]:
 
 
 def pods_of_jobset(jobset: dict) -> list[dict]:
-    """The pods the JobSet and Job controllers create from `jobset` (one replicated job of one
-    Indexed Job): the child Job is <jobset>-<replicated job>-0; its pods get the Job's labels and
-    annotations (pods_of) plus JobSet's, and the subdomain of the headless service JobSet makes,
-    named like the JobSet."""
+    """The pods the JobSet and Job controllers create from `jobset` (each replicated job one Indexed
+    Job): the child Job is <jobset>-<replicated job>-0; its pods get the Job's labels and annotations
+    (pods_of) plus JobSet's, and the subdomain of the headless service JobSet makes, named like the
+    JobSet. Their environment's values made from labels and $(NAME) references are resolved as the
+    kubelet resolves them (podman 4.3 does neither)."""
     name = jobset["metadata"]["name"]
-    replicated = jobset["spec"]["replicatedJobs"][0]
-    job = {"metadata": {"name": f"{name}-{replicated['name']}-0"}, "spec": replicated["template"]["spec"]}
-    pods = pods_of(job)
-    for pod in pods:
-        pod["metadata"]["labels"] |= {"jobset.sigs.k8s.io/jobset-name": name,
-                                      "jobset.sigs.k8s.io/replicatedjob-name": replicated["name"],
-                                      "jobset.sigs.k8s.io/job-index": "0"}
-        pod["spec"]["subdomain"] = jobset["spec"].get("network", {}).get("subdomain", name)
+    pods = []
+    for replicated in jobset["spec"]["replicatedJobs"]:
+        job = {"metadata": {"name": f"{name}-{replicated['name']}-0"}, "spec": replicated["template"]["spec"]}
+        for pod in pods_of(job):
+            pod["metadata"]["labels"] |= {"jobset.sigs.k8s.io/jobset-name": name,
+                                          "jobset.sigs.k8s.io/replicatedjob-name": replicated["name"],
+                                          "jobset.sigs.k8s.io/job-index": "0"}
+            pod["spec"]["subdomain"] = jobset["spec"].get("network", {}).get("subdomain", name)
+            for container in pod["spec"]["containers"]:
+                resolved = kubelet_env(pod["metadata"], container)
+                container["env"] = [{"name": e["name"], "value": resolved[e["name"]]} if e["name"] in resolved else e
+                                    for e in container["env"]]
+            pods.append(pod)
     return pods
 
 

@@ -4,6 +4,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -161,3 +162,17 @@ class Recorder(LoopEvents):
     def after_val_batch(self, epoch, batch):
         if (action := self.at.get(f"val {epoch}.{batch}")) is not None:
             action(None)
+
+
+def kubelet_env(pod_meta: dict, container: dict) -> dict:
+    """The container's environment as the kubelet makes it: a label's value for a fieldRef to it, and
+    $(NAME) replaced by an earlier variable's value (the Job controller's JOB_COMPLETION_INDEX aside)."""
+    env = {}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), variable["value"])
+        elif "fieldRef" in variable.get("valueFrom", {}):
+            kind, key = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]",
+                                     variable["valueFrom"]["fieldRef"]["fieldPath"]).groups()
+            env[variable["name"]] = pod_meta.get(kind, {})[key]
+    return env

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jobs import KUBECTL
+from jobs import KUBECTL, kubelet_env
 
 from vidtrain.settings import PREFIX, Settings
 
@@ -65,16 +65,21 @@ def rendered(form: str, kind: str, name: str | None = None, components=(), **ove
     return docs[0]
 
 
-def job_of(form: str, components=(), **overlay) -> dict:
-    """The batch/v1 Job a form makes: the Job itself, or the Job of the JobSet's replicated job."""
+def jobs_of(form: str, components=(), **overlay) -> list[dict]:
+    """The batch/v1 Jobs a form makes: the Job itself, or the Jobs of the JobSet's replicated jobs (the
+    chief's, then the workers'), named as JobSet names them."""
     docs = render(FORMS[form], components, **overlay)
     if form != "jobset":
-        (job,) = [d for d in docs if d["kind"] == "Job"]
-        return job
+        return [d for d in docs if d["kind"] == "Job"]
     (jobset,) = [d for d in docs if d["kind"] == "JobSet"]
-    job = jobset["spec"]["replicatedJobs"][0]["template"]
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{jobset['metadata']['name']}-workers-0"},
-            "spec": job["spec"]}
+    return [{"apiVersion": "batch/v1", "kind": "Job",
+             "metadata": {"name": f"{jobset['metadata']['name']}-{replicated['name']}-0"},
+             "spec": replicated["template"]["spec"]} for replicated in jobset["spec"]["replicatedJobs"]]
+
+
+def job_of(form: str, components=(), **overlay) -> dict:
+    """The Job whose pod writes the outputs: the Job itself, or the JobSet's chief Job."""
+    return jobs_of(form, components, **overlay)[0]
 
 
 def settings_overlay(**job_settings) -> dict:
@@ -111,7 +116,7 @@ def test_built_in_kinds_pass_strict_schema_validation(tmp_path, version):
         for components in ((), COMPONENTS):
             docs += [d for d in render(FORMS[form], components, **USER) if d["apiVersion"] in BUILT_IN]
             if form == "jobset":
-                docs.append(job_of(form, components, **USER))
+                docs += jobs_of(form, components, **USER)
     docs += [d for folder in ("data", "data-rwx") for d in render(K8S / folder)]
     assert {d["kind"] for d in docs} == {"ConfigMap", "PersistentVolumeClaim", "Job", "Service"}
     files = []
@@ -166,44 +171,52 @@ def test_a_users_overlay_renames_everything_and_every_reference_follows(form):
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert all(d["metadata"].get("namespace") == "ml" for d in docs)
     assert all(name.startswith("team-") for _, name in names)
-    job = job_of(form, ("monitoring",), **USER)
-    pod = job["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert ("ConfigMap", container["envFrom"][0]["configMapRef"]["name"]) in names
-    for volume in pod["volumes"]:
-        if "persistentVolumeClaim" in volume:
-            claim = volume["persistentVolumeClaim"]["claimName"]
-            assert ("PersistentVolumeClaim", claim) in names or claim == "team-vidtrain-data", claim  # k8s/data's
-    env = {e["name"]: e for e in container.get("env", [])}
-    if form == "indexed":
-        service = [n for k, n in names if k == "Service"]
-        assert service == ["team-vidtrain-workers"]
-        assert pod["subdomain"] == env["VIDTRAIN_WORKER_SERVICE"]["value"] == service[0]
-    if form == "jobset":  # the JobSet makes the service, named like itself; the pods read both names from labels
-        assert env["VIDTRAIN_WORKER_SERVICE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
-            "metadata.labels['jobset.sigs.k8s.io/jobset-name']"
     monitor = next(d for d in docs if d["kind"] == "PodMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    for job in jobs_of(form, ("monitoring",), **USER):
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert ("ConfigMap", container["envFrom"][0]["configMapRef"]["name"]) in names
+        for volume in pod["volumes"]:
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in names or claim == "team-vidtrain-data", claim  # k8s/data's
+        env = {e["name"]: e for e in container.get("env", [])}
+        if form == "indexed":
+            service = [n for k, n in names if k == "Service"]
+            assert service == ["team-vidtrain-workers"]
+            assert pod["subdomain"] == env["VIDTRAIN_WORKER_SERVICE"]["value"] == service[0]
+        if form == "jobset":  # the JobSet makes the service, named like itself; the pods read it from a label
+            labels = {"jobset.sigs.k8s.io/jobset-name": "team-vidtrain-mw"}
+            env = kubelet_env({"labels": labels}, container)
+            assert (env["VIDTRAIN_WORKER_SERVICE"], env["VIDTRAIN_CHIEF_JOB"], env["VIDTRAIN_JOB_NAME"]) == (
+                "team-vidtrain-mw", "team-vidtrain-mw-chief-0", "team-vidtrain-mw-workers-0")
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     data = render(K8S / "data", namePrefix="team-", namespace="ml")  # the data claim, renamed the same way
     assert ("PersistentVolumeClaim", "team-vidtrain-data") in {(d["kind"], d["metadata"]["name"]) for d in data}
 
 
-@pytest.mark.parametrize("form", ["jobset", "indexed"])
-def test_the_worker_count_is_set_in_one_place(form):
-    """An overlay that changes only `workers` of vidtrain-job (with the settings component, as
-    docs/kubernetes.md shows): completions, parallelism and every worker's VIDTRAIN_NUM_WORKERS follow."""
-    job = job_of(form, ("settings",), **USER, **settings_overlay(workers=5))
-    spec = job["spec"]
-    env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
-    assert spec["completions"] == spec["parallelism"] == 5 and env["VIDTRAIN_NUM_WORKERS"] == "5"
-    assert job_of(form)["spec"]["completions"] == 2  # as shipped
+@pytest.mark.parametrize("form, key", [("jobset", "jobset_workers"), ("indexed", "workers")])
+def test_the_worker_count_is_set_in_one_place(form, key):
+    """An overlay that changes only the form's count in vidtrain-job (with the settings component, as
+    docs/kubernetes.md shows): completions, parallelism and every pod's VIDTRAIN_NUM_WORKERS follow (the
+    JobSet's chief, in a Job of its own, is one more pod: NUM_WORKERS counts the workers besides it)."""
+    jobs = jobs_of(form, ("settings",), **USER, **settings_overlay(**{key: 5}))
+    workers = jobs[-1]["spec"]
+    assert workers["completions"] == workers["parallelism"] == 5
+    for job in jobs:
+        env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["VIDTRAIN_NUM_WORKERS"] == "5"
+    if form == "jobset":
+        assert jobs[0]["spec"]["completions"] == jobs[0]["spec"]["parallelism"] == 1  # the chief
+    assert jobs_of(form)[-1]["spec"]["completions"] == {"jobset": 1, "indexed": 2}[form]  # as shipped: 2 processes
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_the_deadline_is_a_setting_of_the_forms(form):
-    assert job_of(form)["spec"]["activeDeadlineSeconds"] == 7 * 86400
-    job = job_of(form, ("settings",), **settings_overlay(active_deadline_seconds=3600))
-    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert all(job["spec"]["activeDeadlineSeconds"] == 7 * 86400 for job in jobs_of(form))
+    jobs = jobs_of(form, ("settings",), **settings_overlay(active_deadline_seconds=3600))
+    assert all(job["spec"]["activeDeadlineSeconds"] == 3600 for job in jobs)
 
 
 def test_the_image_is_named_in_one_place_and_the_gpu_component_swaps_a_renamed_one():
@@ -222,23 +235,25 @@ def test_the_image_is_named_in_one_place_and_the_gpu_component_swaps_a_renamed_o
     assert job_of_folder(inner, ("gpu",))["spec"]["template"]["spec"]["containers"][0]["image"] == \
         "registry.example.com/ml/vidtrain:gpu-0.1.0"
     for form in FORMS:
-        assert job_of(form, **USER)["spec"]["template"]["spec"]["containers"][0]["image"] == \
-            "registry.example.com/ml/vidtrain:cpu-0.1.0"
+        for job in jobs_of(form, **USER):
+            assert job["spec"]["template"]["spec"]["containers"][0]["image"] == \
+                "registry.example.com/ml/vidtrain:cpu-0.1.0"
 
 
 def job_of_folder(folder: Path, components=()) -> dict:
+    """The form's Job, or the JobSet's workers' Job (its last)."""
     docs = render(folder, components)
     doc = next(d for d in docs if d["kind"] in ("Job", "JobSet") and d["metadata"]["name"] != "vidtrain-fill-data")
-    return doc if doc["kind"] == "Job" else {"spec": doc["spec"]["replicatedJobs"][0]["template"]["spec"]}
+    return doc if doc["kind"] == "Job" else {"spec": doc["spec"]["replicatedJobs"][-1]["template"]["spec"]}
 
 
 def test_stock_cluster_defaults_cpu_image_no_gpu_no_shm_and_the_decode_device_is_the_images():
-    for form in FORMS:
-        pod = job_of(form)["spec"]["template"]["spec"]
+    for pod in (job["spec"]["template"]["spec"] for form in FORMS for job in jobs_of(form)):
         container = pod["containers"][0]
         assert container["image"] == "vidtrain:cpu-0.1.0"
         assert "nvidia.com/gpu" not in str(container["resources"]) and "tolerations" not in pod
         assert "/dev/shm" not in [m["mountPath"] for m in container["volumeMounts"]]
+    for form in FORMS:
         assert "VIDTRAIN_DECODE_DEVICE" not in rendered(form, "ConfigMap", "vidtrain-config")["data"]
     gpu_stage = (ROOT / "Dockerfile").read_text().split(" AS gpu", 1)[1].split("\nFROM ", 1)[0]
     assert "VIDTRAIN_DECODE_DEVICE=gpu" in gpu_stage
@@ -252,12 +267,18 @@ def test_the_monitoring_release_label_is_a_setting():
                         **settings_overlay(prometheus_release="prom"))["metadata"]["labels"]["release"] == "prom"
 
 
-def test_one_worker_gets_read_write_once_volumes_and_many_workers_shared_ones():
+def test_the_output_claim_is_read_write_once_where_only_the_chief_mounts_it():
+    """The single Job, and the JobSet, whose chief alone mounts the output (its workers get what they need
+    from the chief): ReadWriteOnce, which every StorageClass offers. The Indexed Job's pods share one
+    template, so all mount it: ReadWriteMany."""
     modes = {form: {c["metadata"]["name"]: c["spec"]["accessModes"] for c in render(FORMS[form])
                     if c["kind"] == "PersistentVolumeClaim"} for form in TRAINING}
-    assert modes["single"] == {"vidtrain-output": ["ReadWriteOnce"]}
-    for form in ("jobset", "indexed"):
-        assert modes[form] == {"vidtrain-output": ["ReadWriteMany"]}
+    assert modes["single"] == modes["jobset"] == {"vidtrain-output": ["ReadWriteOnce"]}
+    assert modes["indexed"] == {"vidtrain-output": ["ReadWriteMany"]}
+    chief, workers = (job["spec"]["template"]["spec"] for job in jobs_of("jobset"))
+    claims = [{v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+              for pod in (chief, workers)]
+    assert claims == [{"vidtrain-data", "vidtrain-output"}, {"vidtrain-data"}]
     data = {folder: [c["spec"]["accessModes"] for c in render(K8S / folder) if c["kind"] == "PersistentVolumeClaim"]
             for folder in ("data", "data-rwx")}
     assert data == {"data": [["ReadWriteOnce"]], "data-rwx": [["ReadWriteMany"]]}
@@ -272,16 +293,21 @@ def test_the_data_step_is_its_own_kustomization_and_the_training_forms_only_moun
     for form in FORMS:
         claims = {d["metadata"]["name"] for d in render(FORMS[form]) if d["kind"] == "PersistentVolumeClaim"}
         assert "vidtrain-data" not in claims
-        pod = job_of(form)["spec"]["template"]["spec"]
-        (data_volume,) = [v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") ==
-                          "vidtrain-data"]
-        assert data_volume["persistentVolumeClaim"]["readOnly"] is True
+        for job in jobs_of(form):
+            pod = job["spec"]["template"]["spec"]
+            (data_volume,) = [v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") ==
+                              "vidtrain-data"]
+            assert data_volume["persistentVolumeClaim"]["readOnly"] is True
     assert float(rendered("single", "ConfigMap", "vidtrain-config")["data"]["VIDTRAIN_DATA_WAIT_S"]) > 0
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_ephemeral_storage_is_requested_for_the_scratch_volumes_and_fits_a_common_node(form):
-    pod = job_of(form)["spec"]["template"]["spec"]
+    for job in jobs_of(form):
+        check_ephemeral_storage(job["spec"]["template"]["spec"])
+
+
+def check_ephemeral_storage(pod: dict) -> None:
     scratch = sum(quantity(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"] if "emptyDir" in v)
     resources = pod["containers"][0]["resources"]
     assert quantity(resources["requests"]["ephemeral-storage"]) >= scratch
@@ -299,20 +325,24 @@ def test_the_kueue_queues_cover_every_resource_the_pods_request():
     assert local["spec"]["clusterQueue"] == queue["metadata"]["name"]
     for form in FORMS:
         for components in (("kueue",), ("kueue", "gpu")):
-            job = job_of(form, components)
+            jobs = jobs_of(form, components)
             requested = set()
-            for container in job["spec"]["template"]["spec"]["containers"]:
+            for container in (c for job in jobs for c in job["spec"]["template"]["spec"]["containers"]):
                 for kind in ("requests", "limits"):
                     requested |= set(container["resources"].get(kind, {}))
             assert requested <= covered, requested - covered
-            queued = job if form != "jobset" else rendered(form, "JobSet", components=components)
+            queued = jobs[0] if form != "jobset" else rendered(form, "JobSet", components=components)
             labels = queued["metadata"]["labels"]
             assert labels["kueue.x-k8s.io/queue-name"] == local["metadata"]["name"]
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_job_failure_semantics(form):
-    job = job_of(form)
+    for job in jobs_of(form):
+        check_failure_semantics(form, job)
+
+
+def check_failure_semantics(form: str, job: dict) -> None:
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] > 0
     rules = spec["podFailurePolicy"]["rules"]
@@ -331,7 +361,7 @@ def test_job_failure_semantics(form):
         assert spec["backoffLimit"] == 0
     if form == "indexed":  # a lost peer makes every survivor exit 1: budgets per index, not one shared
         assert spec["backoffLimitPerIndex"] >= 1 and spec["maxFailedIndexes"] == 0 and "backoffLimit" not in spec
-    if form in ("jobset", "indexed"):  # the chief's success is the Job's
+    if form == "indexed":  # the chief's success is the Job's (the JobSet's chief has a Job of its own)
         assert spec["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
     # SIGTERM -> checkpoint -> exit 143 takes seconds (tests/test_job.py); leave ample room for big models.
     assert pod["terminationGracePeriodSeconds"] >= 60
@@ -369,21 +399,25 @@ def test_the_jobset_fails_for_good_only_on_final_exit_codes_and_restarts_free_af
     by the Job, uncounted; 1 restarts the set, counted against maxRestarts."""
     jobset = rendered("jobset", "JobSet")
     assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and jobset["spec"]["failurePolicy"]["maxRestarts"] >= 1
-    job = job_of("jobset")
-    for code in (2, 3, 4):
-        action, reason = job_outcome(job, code)
-        assert action == "FailJob" and jobset_action(jobset, reason, "") == "FailJobSet"
-    assert job_outcome(job, 143) == ("Ignore", "") and job_outcome(job, None, disrupted=True) == ("Ignore", "")
-    action, reason = job_outcome(job, 1)
-    assert reason == "BackoffLimitExceeded" and jobset_action(jobset, reason, "") == "RestartJobSet"
+    for job in jobs_of("jobset"):  # the chief's Job and the workers'
+        for code in (2, 3, 4):
+            action, reason = job_outcome(job, code)
+            assert action == "FailJob" and jobset_action(jobset, reason, "") == "FailJobSet"
+        assert job_outcome(job, 143) == ("Ignore", "") and job_outcome(job, None, disrupted=True) == ("Ignore", "")
+        action, reason = job_outcome(job, 1)
+        assert reason == "BackoffLimitExceeded" and jobset_action(jobset, reason, "") == "RestartJobSet"
     assert all("onJobFailureMessagePatterns" not in rule for rule in jobset["spec"]["failurePolicy"]["rules"])
-    assert jobset["spec"]["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["workers"]}
+    assert jobset["spec"]["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["chief"]}
     assert jobset["spec"]["network"] == {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_job_pod_security_resources_and_volumes(form):
-    pod = job_of(form)["spec"]["template"]["spec"]
+    for chief, job in zip((True, False), jobs_of(form)):
+        check_pod(form, job["spec"]["template"]["spec"], writes_outputs=chief)
+
+
+def check_pod(form: str, pod: dict, writes_outputs: bool) -> None:
     container = pod["containers"][0]
     assert container["name"] == "vidtrain"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -397,6 +431,9 @@ def test_job_pod_security_resources_and_volumes(form):
     data = volumes[mounts["/data"]["name"]]["persistentVolumeClaim"]
     assert data["readOnly"] is True and mounts["/data"]["readOnly"] is True and data["claimName"] == "vidtrain-data"
     written = "/prepared" if form == "prepare" else "/output"
+    if not writes_outputs:  # the JobSet's workers: the chief alone reads and writes the output
+        assert written not in mounts
+        return
     output = volumes[mounts[written]["name"]]["persistentVolumeClaim"]
     assert not output.get("readOnly") and not mounts[written].get("readOnly")
     claims = {c["metadata"]["name"] for c in render(FORMS[form]) if c["kind"] == "PersistentVolumeClaim"}
@@ -418,7 +455,11 @@ def quantity(text: str) -> float:
 def test_the_frame_cache_fits_its_volume(form):
     """The kubelet evicts a pod whose emptyDir outgrows its sizeLimit: the frame cache's bound
     (the ConfigMap's, or the setting's default) must leave room in the /cache volume."""
-    pod = job_of(form)["spec"]["template"]["spec"]
+    for job in jobs_of(form):
+        check_cache_volume(form, job["spec"]["template"]["spec"])
+
+
+def check_cache_volume(form: str, pod: dict) -> None:
     container = pod["containers"][0]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -431,7 +472,11 @@ def test_the_frame_cache_fits_its_volume(form):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_metrics_port_is_named_annotated_and_monitored(form):
-    template = job_of(form)["spec"]["template"]
+    for job in jobs_of(form):
+        check_metrics_port(form, job["spec"]["template"])
+
+
+def check_metrics_port(form: str, template: dict) -> None:
     ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
     port = int(rendered(form, "ConfigMap", "vidtrain-config")["data"]["VIDTRAIN_METRICS_PORT"])
     assert ports["metrics"] == port == int(template["metadata"]["annotations"]["prometheus.io/port"])
@@ -447,10 +492,11 @@ def test_configmap_sets_only_known_settings():
     assert set(config["data"]) <= names, set(config["data"]) - names
 
 
-@pytest.mark.parametrize("form", ["jobset", "indexed"])
-def test_multiworker_pods_get_what_the_entrypoint_needs(form, monkeypatch, tmp_path):
-    """The names Kubernetes gives pod 1 of each form, and the TF_CONFIG the real settings make of them."""
-    job = job_of(form)
+def test_indexed_job_pods_get_what_the_entrypoint_needs(monkeypatch, tmp_path):
+    """The names Kubernetes gives pod 1 of the Indexed Job, and the TF_CONFIG the real settings make of them."""
+    from vidtrain.settings import load
+
+    job = job_of("indexed")
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     workers = int(env["VIDTRAIN_NUM_WORKERS"]["value"])
@@ -458,19 +504,12 @@ def test_multiworker_pods_get_what_the_entrypoint_needs(form, monkeypatch, tmp_p
     assert env["VIDTRAIN_JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.labels['batch.kubernetes.io/job-name']"
     grpc = int(env["VIDTRAIN_WORKER_PORT"]["value"])
-    if form == "jobset":  # JobSet's headless service is named like the JobSet; its pods' label says so
-        assert env["VIDTRAIN_WORKER_SERVICE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
-            "metadata.labels['jobset.sigs.k8s.io/jobset-name']"
-        job_name, service = "vidtrain-mw-workers-0", "vidtrain-mw"
-    else:
-        service = env["VIDTRAIN_WORKER_SERVICE"]["value"]
-        headless = rendered(form, "Service", service)
-        assert headless["spec"]["clusterIP"] == "None" and pod["subdomain"] == service
-        assert headless["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
-        assert grpc in [p["port"] for p in headless["spec"]["ports"]]
-        job_name = job["metadata"]["name"]
-    from vidtrain.settings import load
-
+    service = env["VIDTRAIN_WORKER_SERVICE"]["value"]
+    headless = rendered("indexed", "Service", service)
+    assert headless["spec"]["clusterIP"] == "None" and pod["subdomain"] == service
+    assert headless["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert grpc in [p["port"] for p in headless["spec"]["ports"]]
+    job_name = job["metadata"]["name"]
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
     monkeypatch.setenv("VIDTRAIN_JOB_NAME", job_name)
     monkeypatch.setenv("VIDTRAIN_WORKER_SERVICE", service)
@@ -480,6 +519,39 @@ def test_multiworker_pods_get_what_the_entrypoint_needs(form, monkeypatch, tmp_p
     assert load([]).cluster() == {
         "cluster": {"worker": [f"{job_name}-{i}.{service}:{grpc}" for i in range(workers)]},
         "task": {"type": "worker", "index": 1}}
+
+
+def test_jobset_pods_get_what_the_entrypoint_needs(monkeypatch, tmp_path):
+    """The JobSet's chief and workers, with the environment the kubelet makes from their templates (the
+    JobSet's name from a label) and the host names JobSet gives them: one TF_CONFIG, the chief first,
+    and only the chief writes the outputs."""
+    import socket
+
+    from vidtrain.settings import load
+
+    jobset = rendered("jobset", "JobSet", components=("settings",), **settings_overlay(jobset_workers=2))
+    service = jobset["metadata"]["name"]
+    assert jobset["spec"]["network"]["enableDNSHostnames"] is True  # <job>-<index>.<jobset>
+    chief_job, workers_job = (f"{service}-{r['name']}-0" for r in jobset["spec"]["replicatedJobs"])
+    pods = [(chief_job, 0)] + [(workers_job, i) for i in range(2)]
+    cluster = {"chief": [f"{chief_job}-0.{service}:2222"], "worker": [f"{workers_job}-{i}.{service}:2222"
+                                                                       for i in range(2)]}
+    for replicated, (job, index) in zip([0, 1, 1], pods):
+        container = jobset["spec"]["replicatedJobs"][replicated]["template"]["spec"]["template"]["spec"][
+            "containers"][0]
+        env = kubelet_env({"labels": {"jobset.sigs.k8s.io/jobset-name": service}}, container)
+        for name in [n for n in os.environ if n.startswith(PREFIX)]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
+        monkeypatch.setenv("VIDTRAIN_OUTPUT_DIR", str(tmp_path / "output" if job == chief_job else "/nonexistent"))
+        monkeypatch.setattr(socket, "gethostname", lambda host=f"{job}-{index}": host)
+        settings = load([])
+        task = {"type": "chief", "index": 0} if job == chief_job else {"type": "worker", "index": index}
+        assert settings.cluster() == {"cluster": cluster, "task": task}
+        assert settings.writes_outputs == (job == chief_job) and settings.ranks()[1] == cluster["chief"] + \
+            cluster["worker"]
 
 
 def test_podmonitor_and_rule_have_their_required_fields():

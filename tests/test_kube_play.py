@@ -127,18 +127,22 @@ def play_workers(tmp_path, configmap, pods, network) -> list[str]:
 
 
 def test_multiworker_jobset(tmp_path, claims, network):
-    """The JobSet's two pods, named and labelled as JobSet makes them and reachable through the
-    service it makes, build TF_CONFIG from that, train together and end with equal weights; the
-    worker waits for the chief's final outputs, and both exit 0."""
+    """The JobSet's two pods, the chief's and a worker's, named and labelled as JobSet makes them and
+    reachable through the service it makes, build TF_CONFIG from that, train together and end with
+    equal weights; only the chief mounts the output volume (the pods share none: the worker gets the
+    index from the chief); the worker waits for the chief's final outputs, and both exit 0."""
     documents = render(tmp_path, "jobset", {"VIDTRAIN_DECODE_DEVICE": "cpu", **SMALL})
     (configmap,), (jobset,) = find(documents, "ConfigMap", "vidtrain-config"), find(documents, "JobSet")
     pods = pods_of_jobset(jobset)
-    assert [p["metadata"]["name"] for p in pods] == ["vidtrain-mw-workers-0-0", "vidtrain-mw-workers-0-1"]
+    assert [p["metadata"]["name"] for p in pods] == ["vidtrain-mw-chief-0-0", "vidtrain-mw-workers-0-0"]
     try:
         containers = play_workers(tmp_path, configmap, pods, network)
+        mounts = [{m["Destination"] for m in json.loads(podman("inspect", c).stdout)[0]["Mounts"]} for c in containers]
+        assert "/output" in mounts[0] and "/output" not in mounts[1]
         codes = [exit_code(c, timeout=600) for c in containers]
         assert codes == [0, 0], "\n".join(logs(c) for c in containers)
-        peers = ('["vidtrain-mw-workers-0-0.vidtrain-mw:2222", "vidtrain-mw-workers-0-1.vidtrain-mw:2222"]')
+        peers = ('{"chief": ["vidtrain-mw-chief-0-0.vidtrain-mw:2222"], "worker": '
+                 '["vidtrain-mw-workers-0-0.vidtrain-mw:2222"]}')
         assert all(peers in logs(c) for c in containers)  # TF_CONFIG as the entrypoint built it
         workers = [json.loads((claims / "workers" / f"worker-{i}.json").read_text()) for i in range(2)]
         assert workers[0]["trainable_sha256"] == workers[1]["trainable_sha256"]
@@ -186,11 +190,11 @@ def test_a_lost_jobset_worker_ends_the_other_in_bounded_time(tmp_path, claims, n
         assert exit_code(chief, timeout=120) == 1, logs(chief)
         took = time.monotonic() - cut
         print(f"{loss}: the chief exited 1 after {took:.1f} s (VIDTRAIN_PEER_TIMEOUT_S=10)")
-        lost = [line for line in logs(chief).splitlines() if "lost a peer: worker 1 (vidtrain-mw-workers-0-1" in line]
+        lost = [line for line in logs(chief).splitlines() if "lost a peer: worker 1 (vidtrain-mw-workers-0-0" in line]
         assert len(lost) == 1 and "Traceback" not in logs(chief), logs(chief)
         assert took < 10 + 4 + 30  # the timeout, two polls, the exit (and podman's own latency)
         if loss == "network cut":
             assert exit_code(worker, timeout=120) == 1, logs(worker)
-            assert "lost a peer: worker 0 (vidtrain-mw-workers-0-0" in logs(worker)
+            assert "lost a peer: worker 0 (vidtrain-mw-chief-0-0" in logs(worker)
     finally:
         take_down(tmp_path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import socket
 import textwrap
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -137,12 +138,15 @@ class Settings(BaseSettings):
     metrics_addr: IPvAnyAddress = Field(IPv4Address("0.0.0.0"), description="metrics bind address")
     pushgateway_url: SecretStr | None = Field(None, description="Pushgateway for the final outcome (may hold secrets)")
     # -- multi-worker (tf.distribute.MultiWorkerMirroredStrategy) ----------------------
-    num_workers: int = Field(1, ge=1, le=256, description="training processes; > 1 trains multi-worker")
+    num_workers: int = Field(1, ge=1, le=256, description="training processes; > 1 trains multi-worker (with "
+                             "CHIEF_JOB: the workers besides the chief)")
     worker_index: int = Field(0, ge=0, description="this worker's index (Kubernetes sets JOB_COMPLETION_INDEX)",
                               validation_alias=AliasChoices("JOB_COMPLETION_INDEX", "VIDTRAIN_WORKER_INDEX"))
     worker_service: str | None = Field(None, description="headless service of the workers (none: 127.0.0.1)")
     job_name: str = Field("vidtrain", description="Kubernetes Job name: pod hostnames are <job>-<index>")
     worker_port: int = Field(2222, ge=1, le=65535, description="gRPC port (locally: port + index)")
+    chief_job: str | None = Field(None, description="a chief in a Job of its own (k8s/jobset/): that Job's name; "
+                                  "the pod whose host name is <CHIEF_JOB>-0 is the chief, JOB_NAME's pods the workers")
     peer_timeout_s: float = Field(60, ge=1, le=86400, description="a peer worker unreachable this long is lost: "
                                   "the others stop with exit 1 (retried)")
     tf_config: Json | None = Field(None, description="TF_CONFIG as a training operator sets it; wins if set",
@@ -225,7 +229,7 @@ class Settings(BaseSettings):
 
     @property
     def distributed(self) -> bool:
-        return self.num_workers > 1 or self.tf_config is not None
+        return self.num_workers > 1 or self.tf_config is not None or self.chief_job is not None
 
     @property
     def writes_outputs(self) -> bool:
@@ -241,6 +245,13 @@ class Settings(BaseSettings):
         count, index and service (`<job>-<i>.<service>:<port>`; locally 127.0.0.1:<port + i>)."""
         if self.tf_config is not None:
             return self.tf_config
+        if self.chief_job is not None:  # TF_CONFIG's layout: a chief, then NUM_WORKERS workers
+            domain = f".{self.worker_service}" if self.worker_service else ""
+            chief = f"{self.chief_job}-0"
+            hosts = [f"{self.job_name}-{i}{domain}:{self.worker_port}" for i in range(self.num_workers)]
+            task = {"type": "chief", "index": 0} if socket.gethostname() == chief else \
+                {"type": "worker", "index": self.worker_index}
+            return {"cluster": {"chief": [f"{chief}{domain}:{self.worker_port}"], "worker": hosts}, "task": task}
         if self.worker_service:
             hosts = [f"{self.job_name}-{i}.{self.worker_service}:{self.worker_port}" for i in range(self.num_workers)]
         else:
@@ -366,7 +377,8 @@ GROUPS = {
                         "mixed_precision"),
     "loader": ("loader_workers", "prefetch_batches", "decode_device", "on_bad_video", "decode_timeout_s"),
     "metrics": ("metrics_port", "metrics_addr", "pushgateway_url"),
-    "multi-worker": ("num_workers", "worker_index", "worker_service", "job_name", "worker_port", "peer_timeout_s",
+    "multi-worker": ("num_workers", "worker_index", "worker_service", "job_name", "worker_port", "chief_job",
+                     "peer_timeout_s",
                      "tf_config"),
 }
 
