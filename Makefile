@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bench-startup bench-prepare bench-learn tools image image-test clean
+.PHONY: run test lint bench bench-startup bench-prepare bench-learn bench-finetune tools image image-test clean
 
 $(RUNTIME): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-learn: $(STAMP)
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.learn_bench --set hard
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.learn_bench --set second
 	$(PY) -m bench.learn_bench --summary
+
+# A model pretrained on the second set's motions, fine-tuned on the hard set, against training from scratch.
+bench-finetune: $(STAMP)
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m bench.finetune_bench
 
 clean:
 	rm -rf $(VENV) .cache output .pytest_cache
