@@ -7,7 +7,8 @@ EPOCHS (4 by default), for each seed (the pretrained model of the same seed). Th
 starts afresh (other classes: the log says so). Reported per seed and as mean (min-max, sd): the final
 video accuracy and the best epoch's validation accuracy, and the gain of fine-tuning.
 
-    python -m bench.finetune_bench [--source second] [--target hard] [--epochs 4] [--seeds 0,1,2]   (make bench-finetune)
+    python -m bench.finetune_bench [--source second] [--target hard] [--epochs 4] [--seeds 0,1,2]
+    make bench-finetune
 """
 
 from __future__ import annotations
