@@ -97,7 +97,7 @@ COPY --from=source /app/ ./
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin vidtrain \
  && mkdir -p /cache /output && chown 10001:10001 /cache /output
 USER 10001
-# oneDNN kernels: TensorFlow turns them on only on CPUs with AVX-512 VNNI/BF16 or AMX; conv3d is 4.3x
+# oneDNN kernels: TensorFlow turns them on only on CPUs with AVX-512 VNNI/BF16 or AMX; conv3d is 4.5x
 # faster with them on a 2-core AMD EPYC without AVX-512 (BENCHMARKS.md). The entrypoint sets the same default.
 ENV VIDTRAIN_CACHE_DIR=/cache VIDTRAIN_OUTPUT_DIR=/output PYTHONUNBUFFERED=1 MPLCONFIGDIR=/tmp/matplotlib \
     TF_ENABLE_ONEDNN_OPTS=1

@@ -9,7 +9,7 @@ default keyframe interval of 250 frames), as camera footage comes:
   with the frame cache off, on the source and on the copy, alternating, `--rounds` times: training
   clips per second (report.json `throughput.clips_per_second`) and the ratio copy / source per round;
 - accuracy: the demo set (5 classes, 40 training and 12 validation clips per class, the set
-  `make run` trains on) at a short side of 720, no grain: the default training (12 epochs, the
+  `make run` trains on) at a short side of 720, no grain: the job's default training (the
   frame cache on: it changes no batch) for each seed, on the source and on the copy: the final
   video accuracy, mean and spread.
 `VIDTRAIN_MODE=prepare` makes each copy (short side 256, a keyframe every 16 frames), timed.

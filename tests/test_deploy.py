@@ -619,3 +619,84 @@ def test_image_runs_the_job_under_tini_as_non_root():
         assert 'ENTRYPOINT ["tini", "--", "python", "entrypoint.py"]' in stage and "USER 10001" in stage
         assert re.search(r"tini=\S+", stage)
     assert "--no-cache-dir" in dockerfile and (ROOT / ".dockerignore").exists()
+
+
+def docs_overlays() -> dict[str, dict]:
+    """The overlays docs/kubernetes.md shows, by folder: each `# <folder>/kustomization.yaml` block as
+    written, and each `# add to <folder>/kustomization.yaml` block merged into it as a user would (lists
+    extended, a generator's literals added to the entry of the same name)."""
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    overlays: dict[str, dict] = {}
+    for block in re.findall(r"^( *)```yaml\n(.*?)^\1```", text, re.S | re.M):
+        indent, body = block
+        body = "\n".join(line[len(indent):] for line in body.splitlines())
+        first = body.splitlines()[0]
+        spec = yaml.safe_load(body)
+        if m := re.fullmatch(r"# ([\w-]+)/kustomization\.yaml", first):
+            overlays[m[1]] = spec
+        elif m := re.fullmatch(r"# add to ([\w-]+)/kustomization\.yaml", first):
+            base = overlays.setdefault(m[1] + "+", yaml.safe_load(yaml.safe_dump(overlays[m[1]])))
+            for key, items in spec.items():
+                for item in items:
+                    same = [g for g in base.get(key, []) if key == "configMapGenerator" and g["name"] == item["name"]]
+                    if same:
+                        same[0]["literals"] += item["literals"]
+                    else:
+                        base.setdefault(key, []).append(item)
+    return overlays
+
+
+def render_docs_overlay(name: str, spec: dict) -> list[dict]:
+    """An overlay of docs/kubernetes.md in a folder beside a checkout of vidtrain, as the page lays it out."""
+    target = ROOT / ".cache" / "overlay" / "docs" / name.replace("+", "-plus")
+    target.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(spec).replace("../vidtrain/", os.path.relpath(ROOT, target) + "/")
+    (target / "kustomization.yaml").write_text(text)
+    result = subprocess.run([KUBECTL, "kustomize", str(target)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_overlays_docs_kubernetes_shows_render_and_do_what_it_says():
+    overlays = docs_overlays()
+    assert set(overlays) == {"my-data", "my-vidtrain", "my-vidtrain+", "my-vidtrain-4", "my-vidtrain-prepared"}
+    data = render_docs_overlay("my-data", overlays["my-data"])
+    (fill,) = [d for d in data if d["kind"] == "Job"]
+    assert fill["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"].endswith("gestures.tar.gz")
+
+    docs = render_docs_overlay("my-vidtrain", overlays["my-vidtrain"])
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    job = by_kind["Job", "team-vidtrain"]
+    pod = job["spec"]["template"]["spec"]
+    assert job["metadata"]["namespace"] == "ml" and job["spec"]["activeDeadlineSeconds"] == 172800
+    assert pod["containers"][0]["image"] == "registry.example.com/ml/vidtrain:cpu-0.1.0"
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "team-vidtrain-data" == \
+        next(d for d in data if d["kind"] == "PersistentVolumeClaim")["metadata"]["name"]
+    config = by_kind["ConfigMap", pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]]["data"]
+    assert config["VIDTRAIN_EPOCHS"] == "30" and config["VIDTRAIN_FINAL_MODEL"] == "best"
+    assert by_kind["PodMonitor", "team-vidtrain"]["metadata"]["labels"]["release"] == "prom"
+
+    more = render_docs_overlay("my-vidtrain+", overlays["my-vidtrain+"])
+    (job,) = [d for d in more if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "my-footage"
+    assert pod["volumes"][2]["emptyDir"]["sizeLimit"] == "40Gi"
+    assert pod["containers"][0]["resources"]["limits"]["ephemeral-storage"] == "42Gi"
+    (config,) = [d["data"] for d in more if d["kind"] == "ConfigMap" and "vidtrain-config" in d["metadata"]["name"]]
+    assert config["VIDTRAIN_FRAME_CACHE_GB"] == "36" and config["VIDTRAIN_EPOCHS"] == "30"
+
+    (jobset,) = [d for d in render_docs_overlay("my-vidtrain-4", overlays["my-vidtrain-4"]) if d["kind"] == "JobSet"]
+    chief, workers = (r["template"]["spec"] for r in jobset["spec"]["replicatedJobs"])
+    assert workers["completions"] == workers["parallelism"] == 3 and chief["completions"] == 1  # 4 processes
+    for job in (chief, workers):
+        env = {e["name"]: e.get("value") for e in job["template"]["spec"]["containers"][0]["env"]}
+        assert env["VIDTRAIN_NUM_WORKERS"] == "3"
+
+    prepared = render_docs_overlay("my-vidtrain-prepared", overlays["my-vidtrain-prepared"])
+    (job,) = [d for d in prepared if d["kind"] == "Job"]
+    copy = rendered("prepare", "PersistentVolumeClaim", "vidtrain-prepared")["metadata"]["name"]  # k8s/prepare's
+    assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == f"team-{copy}"
+    (config,) = [d["data"] for d in prepared if d["kind"] == "ConfigMap" and "vidtrain-config" in d["metadata"]["name"]]
+    settings = Settings(_env_file=None, _cli_parse_args=[], **{k[len(PREFIX):].lower(): v for k, v in config.items()
+                                                               if v != ""})
+    assert settings.data_dir is None and str(settings.train_manifest) == "/data/train.csv"

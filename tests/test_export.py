@@ -3,8 +3,10 @@ probabilities of the job's own predict mode on the same clips."""
 
 import csv
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,7 @@ def test_saved_model_round_trip_in_a_fresh_process(tmp_path, tiny_demo):
     # trained with random offsets: tested at the segments' centres, as the assets say in words
     assert meta["frame"] == "every frame resized to height x width"
     assert meta["test_clip"] == "4 frames: the centre frame of each of 4 equal segments of the video"
+    assert set(meta) == documented_asset_keys()
     assert all(p.stat().st_mode & 0o004 for p in saved.rglob("*"))  # readable by other users
 
     assert job(settings(tiny_demo, out, mode="predict", predict_input=tiny_demo / "val"))[0] == EXIT_OK
@@ -85,3 +88,10 @@ def test_each_new_model_trains_exports_and_predicts(tmp_path, tiny_demo, model):
     clips = np.concatenate([clip_input(p, out / "saved_model") for p, _ in items])
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](clips=tf.constant(clips))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)
+
+
+def documented_asset_keys() -> set[str]:
+    """The keys docs/outputs.md's table of assets/vidtrain.json names."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "outputs.md").read_text()
+    table = text.split("`saved_model/assets/vidtrain.json` says", 1)[1].split("\n\n")[1]
+    return {key for row in table.splitlines()[2:] for key in re.findall(r"`(\w+)`", row.split(" | ")[0])}

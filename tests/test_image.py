@@ -1,5 +1,6 @@
 """The CPU image as a `docker run` user meets it, run for real with podman (`make image-test`)."""
 
+import csv
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ from containers import (
 from jobs import free_port, prometheus_server, sample, scrape, wait_for
 
 from loader.demo import make_demo_dataset
+from vidtrain.settings import Settings
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(900), pytest.mark.usefixtures("image")]
 GRACE_S = 120  # what k8s/job.yaml gives (terminationGracePeriodSeconds)
@@ -69,7 +71,7 @@ def test_demo_run_scraped_stopped_and_resumed(tmp_path, container):
         assert rerun.returncode == 0, second
         assert f"resuming from /output/checkpoints/{state['model']}: epoch {state['epoch']}" in second, second
         history = json.loads((out / "history.json").read_text())
-        assert len(history["loss"]) == 12  # VIDTRAIN_EPOCHS' default: the rerun counted on, not restarted
+        assert len(history["loss"]) == Settings.model_fields["epochs"].default  # counted on, not restarted
         report = json.loads((out / "report.json").read_text())
         assert report["final"]["val_accuracy"] > 0.5
         assert (out / "model.keras").stat().st_size > 0
@@ -96,6 +98,14 @@ def test_dataset_mounted_read_only(tmp_path, container):
         assert {"model.keras", "report.json", "history.json", "training_curves.png", "checkpoints"} <= {
             p.name for p in out.iterdir()}
         assert unreadable_by_another_user(out) == []
+        # predict with the trained model, as the README shows it: new clips mounted read-only
+        result = podman("run", "--rm", "-v", f"{out}:/output", "-v", f"{data / 'val'}:/clips:ro",
+                        *env_args({"VIDTRAIN_MODE": "predict", "VIDTRAIN_PREDICT_INPUT": "/clips"}), IMAGE,
+                        check=False, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with open(out / "predictions.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 5 and all(r["predicted"] and not r["error"] for r in rows), rows
     assert sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*")) == before
 
 
