@@ -54,7 +54,11 @@ def export_saved_model(model, out: Path, class_names: list[str], sampling: str, 
     return swap_in(staging, out / SAVED_MODEL)
 
 
+def read_assets(saved_model: str | os.PathLike) -> dict:
+    """assets/vidtrain.json of an exported model (docs/outputs.md lists its keys)."""
+    return json.loads((Path(saved_model) / "assets" / ASSET).read_text())
+
+
 def read_meta(out: Path) -> dict | None:
     """assets/vidtrain.json of the SavedModel in `out`, or None when there is none."""
-    path = out / SAVED_MODEL / "assets" / ASSET
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_assets(out / SAVED_MODEL) if (out / SAVED_MODEL / "assets" / ASSET).exists() else None

@@ -199,18 +199,18 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
     chief = settings.writes_outputs
     world = None if chief else _make_world(settings, stop)
     checkpoints = settings.output_dir / "checkpoints"
-    splits = resume = None
+    splits = resume = current = None
     if chief:
         resume = Checkpointer(checkpoints).latest()
         splits = _prepare(settings, assemble(settings, pinned=resume is not None))
-        _check_resume(settings, splits, resume)
+        current = _check_resume(settings, splits, resume)
         write_index(settings, splits)
     world = world or _make_world(settings, stop)  # the chief joins once its index is written
     with tempfile.TemporaryDirectory(prefix="vidtrain-from-chief-") as scratch:
         splits, resume = _from_chief(world, settings, splits, resume, Path(scratch))
         if not chief:
             splits = _prepare(settings, splits)
-            _check_resume(settings, splits, resume)
+            current = _check_resume(settings, splits, resume)
         _check_agreement(world, agreed(settings, splits.train, splits.val, splits.class_names, resume))
         if resume is not None and (done := _already_done(settings, resume)):
             log.info("%s", done)
@@ -218,7 +218,6 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
             return EXIT_OK
         indexing = IndexProbe(settings, splits, metrics, stop_when=lambda: stop.requested).start() if chief else None
         stop.immediate = False  # from here a stop request ends the current step and checkpoints
-        current = fingerprint(settings, _worker_count(settings), splits.class_names, splits.train)
         try:
             return _train(settings, splits, metrics, stop, world, resume, current, progress, events, indexing)
         except ClipsUnavailable:
@@ -229,14 +228,13 @@ def train_mode(settings: Settings, metrics: JobMetrics, progress: bool, stop: St
             raise
 
 
-def _worker_count(settings: Settings) -> int:
-    return len(settings.ranks()[1]) if settings.distributed else 1
-
-
-def _check_resume(settings: Settings, splits: Splits, resume: Position | None) -> None:
+def _check_resume(settings: Settings, splits: Splits, resume: Position | None) -> dict:
+    """This run's fingerprint (what fixes the clip order and the model), checked against the resume's."""
+    workers = len(settings.ranks()[1]) if settings.distributed else 1
+    current = fingerprint(settings, workers, splits.class_names, splits.train)
     if resume is not None:
-        current = fingerprint(settings, _worker_count(settings), splits.class_names, splits.train)
         check_resume(resume, current, settings, settings.output_dir / "checkpoints")
+    return current
 
 
 def _from_chief(world, settings: Settings, splits: Splits | None, resume: Position | None,

@@ -16,18 +16,11 @@ as the image has.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
-from vidtrain.export import ASSET
-
-
-def read_assets(saved_model: str | os.PathLike) -> dict:
-    """`assets/vidtrain.json` of an exported model (docs/outputs.md lists its keys)."""
-    return json.loads((Path(saved_model) / "assets" / ASSET).read_text())
+from vidtrain.export import read_assets
 
 
 def clip_input(path: str | os.PathLike, saved_model: str | os.PathLike) -> np.ndarray:
